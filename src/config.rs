@@ -1,0 +1,541 @@
+//! Configuration: one typed struct, parsed by a pure function from TOML text and an environment.
+//!
+//! Defaults live here, in code. Every key `[section] key` can be overridden by the environment
+//! variable `OBM_GATE_<SECTION>_<KEY>` (upper case), e.g. `OBM_GATE_LISTEN_ADDRESS`. Parsing does
+//! not stop at the first problem: [`parse`] reports every bad or unknown key at once, before any
+//! socket is opened.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the shipped configuration lives.
+pub const DEFAULT_CONFIG_PATH: &str = "config/obm-gate.toml";
+/// Prefix of every environment override.
+pub const ENV_PREFIX: &str = "OBM_GATE_";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: Listen,
+    pub tls: Tls,
+    pub registry: Registry,
+    pub store: Store,
+    pub limits: Limits,
+    pub log: Log,
+    pub shutdown: Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shutdown {
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listen {
+    /// The mutual-TLS port Salesforce connects to.
+    pub address: SocketAddr,
+    /// The only path that accepts Outbound Messages.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    /// PEM chain, leaf first. Created for `localhost` on first start if it and the key are missing.
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registry {
+    /// `<directory>/<OrgId>/*.pem`.
+    pub directory: PathBuf,
+    /// CA certificates whose issued client certificates must chain-verify.
+    pub ca_certificates: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Store {
+    /// The SQLite file.
+    pub path: PathBuf,
+}
+
+/// Limits on everything a peer controls. Each default says why it has that value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Time for a request's header, from its first byte (or from the handshake for the first
+    /// request). Salesforce sends headers in one write; 10 s only stops slowloris.
+    pub header_read_timeout: Duration,
+    /// Time to read a whole body. Salesforce gives up after 60 s, so 30 s leaves room to store.
+    pub body_read_timeout: Duration,
+    /// 100 notifications of a wide object stay far below 8 MiB.
+    pub max_body_bytes: u64,
+    /// Open connections, handshaking or established.
+    pub max_connections: usize,
+    /// A full mutual-TLS handshake takes milliseconds; 10 s only stops stalled peers.
+    pub handshake_timeout: Duration,
+    /// How long an idle keep-alive connection is kept between requests.
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Log {
+    pub format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: Listen {
+                address: SocketAddr::from(([0, 0, 0, 0], 8443)),
+                path: "/obm".into(),
+            },
+            tls: Tls {
+                certificate: "certs/server/server.pem".into(),
+                private_key: "certs/server/server.key".into(),
+            },
+            registry: Registry {
+                directory: "certs/orgs".into(),
+                ca_certificates: Vec::new(),
+            },
+            store: Store {
+                path: "data/obm-gate.db".into(),
+            },
+            limits: Limits {
+                header_read_timeout: Duration::from_secs(10),
+                body_read_timeout: Duration::from_secs(30),
+                max_body_bytes: 8 * 1024 * 1024,
+                max_connections: 10_000,
+                handshake_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+            },
+            log: Log {
+                format: LogFormat::Text,
+            },
+            shutdown: Shutdown {
+                grace_period: Duration::from_secs(20),
+            },
+        }
+    }
+}
+
+/// Where configuration values come from besides the file: the process environment in
+/// production, a map in tests.
+pub trait Env {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Parses a configuration from TOML text (`""` for none) and an environment. Pure: it reads no
+/// file and opens nothing.
+pub fn parse(toml_text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
+    let mut r = Reader::new(toml_text, env);
+    let d = Config::default();
+    let config = Config {
+        listen: Listen {
+            address: r.get("listen", "address", d.listen.address),
+            path: r.get("listen", "path", d.listen.path),
+        },
+        tls: Tls {
+            certificate: r.get("tls", "certificate", d.tls.certificate),
+            private_key: r.get("tls", "private_key", d.tls.private_key),
+        },
+        registry: Registry {
+            directory: r.get("registry", "directory", d.registry.directory),
+            ca_certificates: r.get("registry", "ca_certificates", d.registry.ca_certificates),
+        },
+        store: Store {
+            path: r.get("store", "path", d.store.path),
+        },
+        limits: Limits {
+            header_read_timeout: r.get(
+                "limits",
+                "header_read_timeout",
+                d.limits.header_read_timeout,
+            ),
+            body_read_timeout: r.get("limits", "body_read_timeout", d.limits.body_read_timeout),
+            max_body_bytes: r.get("limits", "max_body_bytes", d.limits.max_body_bytes),
+            max_connections: r.get("limits", "max_connections", d.limits.max_connections),
+            handshake_timeout: r.get("limits", "handshake_timeout", d.limits.handshake_timeout),
+            idle_timeout: r.get("limits", "idle_timeout", d.limits.idle_timeout),
+        },
+        log: Log {
+            format: r.get("log", "format", d.log.format),
+        },
+        shutdown: Shutdown {
+            grace_period: r.get("shutdown", "grace_period", d.shutdown.grace_period),
+        },
+    };
+    r.finish(&config)
+}
+
+/// Reads the file at `path` (if `required` is false, a missing file means "no file") and
+/// parses it with the process environment.
+pub fn load(path: &std::path::Path, required: bool) -> Result<Config, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, &ProcessEnv),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => parse("", &ProcessEnv),
+        Err(e) => Err(ConfigErrors(vec![format!(
+            "cannot read config file {}: {e}",
+            path.display()
+        )])),
+    }
+}
+
+/// Walks the TOML table and the environment, collecting problems instead of stopping.
+struct Reader<'e> {
+    table: BTreeMap<String, toml::Value>,
+    env: &'e dyn Env,
+    errors: Vec<String>,
+    known: Vec<(&'static str, &'static str)>,
+}
+
+impl<'e> Reader<'e> {
+    fn new(text: &str, env: &'e dyn Env) -> Self {
+        let mut errors = Vec::new();
+        let table = match text.parse::<toml::Table>() {
+            Ok(t) => t.into_iter().collect(),
+            Err(e) => {
+                errors.push(format!("the config file is not valid TOML: {e}"));
+                BTreeMap::new()
+            }
+        };
+        Reader {
+            table,
+            env,
+            errors,
+            known: Vec::new(),
+        }
+    }
+
+    fn get<T: Value>(&mut self, section: &'static str, key: &'static str, default: T) -> T {
+        self.known.push((section, key));
+        let var = format!(
+            "{ENV_PREFIX}{}_{}",
+            section.to_uppercase(),
+            key.to_uppercase()
+        );
+        if let Some(raw) = self.env.get(&var) {
+            return match T::from_env(&raw) {
+                Ok(v) => v,
+                Err(why) => {
+                    self.errors
+                        .push(format!("[{section}] {key} (from {var}={raw:?}): {why}"));
+                    default
+                }
+            };
+        }
+        let value = self
+            .table
+            .get(section)
+            .and_then(|s| s.as_table())
+            .and_then(|t| t.get(key));
+        match value {
+            None => default,
+            Some(v) => match T::from_toml(v) {
+                Ok(v) => v,
+                Err(why) => {
+                    self.errors.push(format!("[{section}] {key}: {why}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn finish(mut self, config: &Config) -> Result<Config, ConfigErrors> {
+        for (section, value) in &self.table {
+            let known_section = self.known.iter().any(|(s, _)| s == section);
+            match value.as_table() {
+                Some(t) if known_section => {
+                    for key in t.keys() {
+                        if !self.known.iter().any(|(s, k)| s == section && k == key) {
+                            self.errors.push(format!("[{section}] {key}: unknown key"));
+                        }
+                    }
+                }
+                _ => self.errors.push(format!("[{section}]: unknown section")),
+            }
+        }
+        self.errors.extend(validate(config));
+        if self.errors.is_empty() {
+            Ok(config.clone())
+        } else {
+            Err(ConfigErrors(self.errors))
+        }
+    }
+}
+
+/// Checks that go beyond a value's type.
+fn validate(c: &Config) -> Vec<String> {
+    let mut errors = Vec::new();
+    if !c.listen.path.starts_with('/') {
+        errors.push(format!(
+            "[listen] path: {:?} must start with '/'",
+            c.listen.path
+        ));
+    }
+    let durations = [
+        ("header_read_timeout", c.limits.header_read_timeout),
+        ("body_read_timeout", c.limits.body_read_timeout),
+        ("handshake_timeout", c.limits.handshake_timeout),
+        ("idle_timeout", c.limits.idle_timeout),
+    ];
+    for (key, d) in durations {
+        if d.is_zero() {
+            errors.push(format!("[limits] {key}: must be longer than zero"));
+        }
+    }
+    if c.limits.max_body_bytes == 0 {
+        errors.push("[limits] max_body_bytes: must be at least 1".into());
+    }
+    if c.limits.max_connections == 0 {
+        errors.push("[limits] max_connections: must be at least 1".into());
+    }
+    if c.tls.certificate.as_os_str().is_empty() || c.tls.private_key.as_os_str().is_empty() {
+        errors.push("[tls] certificate and private_key must both be set".into());
+    }
+    errors
+}
+
+/// A config value type: how it reads from TOML and from an environment string.
+trait Value: Sized {
+    fn from_toml(v: &toml::Value) -> Result<Self, String>;
+    fn from_env(s: &str) -> Result<Self, String>;
+}
+
+fn expect_str(v: &toml::Value) -> Result<&str, String> {
+    v.as_str()
+        .ok_or_else(|| format!("expected a string, found {}", v.type_str()))
+}
+
+impl Value for String {
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        expect_str(v).map(str::to_owned)
+    }
+    fn from_env(s: &str) -> Result<Self, String> {
+        Ok(s.to_owned())
+    }
+}
+
+impl Value for PathBuf {
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        expect_str(v).map(PathBuf::from)
+    }
+    fn from_env(s: &str) -> Result<Self, String> {
+        Ok(PathBuf::from(s))
+    }
+}
+
+impl Value for SocketAddr {
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        Self::from_env(expect_str(v)?)
+    }
+    fn from_env(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map_err(|_| format!("{s:?} is not an address such as 0.0.0.0:8443"))
+    }
+}
+
+/// Durations are written as `"10s"`, `"500ms"`, `"2m"`, or a whole number of seconds.
+impl Value for Duration {
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Integer(i) if *i >= 0 => Ok(Duration::from_secs(*i as u64)),
+            toml::Value::String(s) => Self::from_env(s),
+            other => Err(format!(
+                "expected a duration such as \"10s\", found {}",
+                other.type_str()
+            )),
+        }
+    }
+    fn from_env(s: &str) -> Result<Self, String> {
+        if let Ok(secs) = s.trim().parse::<u64>() {
+            return Ok(Duration::from_secs(secs));
+        }
+        humantime::parse_duration(s.trim())
+            .map_err(|e| format!("{s:?} is not a duration such as \"10s\": {e}"))
+    }
+}
+
+impl Value for u64 {
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Integer(i) if *i >= 0 => Ok(*i as u64),
+            other => Err(format!("expected a non-negative integer, found {other}")),
+        }
+    }
+    fn from_env(s: &str) -> Result<Self, String> {
+        s.trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a non-negative integer"))
+    }
+}
+
+impl Value for usize {
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        u64::from_toml(v).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
+    }
+    fn from_env(s: &str) -> Result<Self, String> {
+        u64::from_env(s).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
+    }
+}
+
+/// A list of paths; in the environment, separated by commas.
+impl Value for Vec<PathBuf> {
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        let arr = v
+            .as_array()
+            .ok_or_else(|| format!("expected a list of paths, found {}", v.type_str()))?;
+        arr.iter().map(PathBuf::from_toml).collect()
+    }
+    fn from_env(s: &str) -> Result<Self, String> {
+        Ok(s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect())
+    }
+}
+
+impl Value for LogFormat {
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        Self::from_env(expect_str(v)?)
+    }
+    fn from_env(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "{other:?} is not a log format: use \"text\" or \"json\""
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_input_gives_the_defaults() {
+        assert_eq!(parse("", &env(&[])).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_shipped_config_parses() {
+        let text = include_str!("../config/obm-gate.toml");
+        parse(text, &env(&[])).unwrap();
+    }
+
+    #[test]
+    fn file_values_and_env_overrides() {
+        let text = r#"
+            [listen]
+            address = "127.0.0.1:9443"
+            [limits]
+            max_body_bytes = 1024
+            idle_timeout = "90s"
+            [registry]
+            ca_certificates = ["a.pem"]
+        "#;
+        let c = parse(
+            text,
+            &env(&[
+                ("OBM_GATE_LISTEN_ADDRESS", "127.0.0.1:1234"),
+                ("OBM_GATE_LIMITS_HEADER_READ_TIMEOUT", "250ms"),
+                ("OBM_GATE_REGISTRY_CA_CERTIFICATES", "x.pem, y.pem"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.address, "127.0.0.1:1234".parse().unwrap());
+        assert_eq!(c.limits.max_body_bytes, 1024);
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.limits.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(
+            c.registry.ca_certificates,
+            vec![PathBuf::from("x.pem"), PathBuf::from("y.pem")]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            [listen]
+            address = "nowhere"
+            path = "obm"
+            colour = "blue"
+            [limits]
+            max_connections = 0
+            body_read_timeout = true
+            [bogus]
+            x = 1
+        "#;
+        let errors = parse(text, &env(&[("OBM_GATE_LIMITS_MAX_BODY_BYTES", "lots")]))
+            .unwrap_err()
+            .0;
+        let joined = errors.join("\n");
+        for needle in [
+            "[listen] address",
+            "[listen] path",
+            "[listen] colour: unknown key",
+            "[limits] max_connections",
+            "[limits] body_read_timeout",
+            "[limits] max_body_bytes (from OBM_GATE_LIMITS_MAX_BODY_BYTES",
+            "[bogus]: unknown section",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+        assert_eq!(errors.len(), 7, "{joined}");
+    }
+
+    #[test]
+    fn invalid_toml_is_reported() {
+        let errors = parse("[listen\n", &env(&[])).unwrap_err().0;
+        assert!(errors[0].contains("not valid TOML"), "{errors:?}");
+    }
+}

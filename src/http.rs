@@ -1,0 +1,274 @@
+//! HTTP: one request through the pipeline — route, read the body within its limits, parse,
+//! bind the org, store, acknowledge.
+//!
+//! Every answer is SOAP (`text/xml; charset=utf-8`): the acknowledgment, or a fault whose
+//! `faultstring` says what is wrong in words the Salesforce admin can act on. Nothing is
+//! acknowledged before the store has committed.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::authz::{self, AuthzError};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::soap::{self, FaultCode, SoapError};
+use crate::store::{NewMessage, NewNotification, Store, StoreError};
+use crate::tls::ClientIdentity;
+
+pub const CONTENT_TYPE_XML: &str = "text/xml; charset=utf-8";
+
+/// Everything a request needs, shared by all connections.
+pub struct AppState {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Hooks the connection gives the request path (the idle-timeout bookkeeping).
+pub trait RequestHooks: Send + Sync {
+    fn request_started(&self);
+    fn request_finished(&self);
+}
+
+/// One established connection: who the client is.
+pub struct Connection {
+    pub state: Arc<AppState>,
+    pub peer: SocketAddr,
+    pub identity: ClientIdentity,
+    pub hooks: Arc<dyn RequestHooks>,
+}
+
+/// Why a request was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("no Outbound Message endpoint at {path}; the endpoint URL path is {expected}")]
+    NotFound { path: String, expected: String },
+    #[error("method {0} is not allowed; Outbound Messages are sent with POST")]
+    MethodNotAllowed(Method),
+    #[error("Content-Encoding {0} is not supported; send the SOAP body uncompressed")]
+    UnsupportedEncoding(String),
+    #[error("the body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("the body was not received within {0} seconds")]
+    BodyTimeout(u64),
+    #[error("the body could not be read: {0}")]
+    BodyRead(String),
+    #[error("{0}")]
+    Soap(#[from] SoapError),
+    #[error("{0}")]
+    Authz(#[from] AuthzError),
+    #[error("{0}; the message was not acknowledged, Salesforce will retry")]
+    Store(#[from] StoreError),
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::NotFound { .. } => StatusCode::NOT_FOUND,
+            Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Rejection::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Rejection::BodyRead(_) | Rejection::Soap(_) => StatusCode::BAD_REQUEST,
+            Rejection::Authz(_) => StatusCode::FORBIDDEN,
+            Rejection::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Rejection::NotFound { .. } => "not_found",
+            Rejection::MethodNotAllowed(_) => "method_not_allowed",
+            Rejection::UnsupportedEncoding(_) => "unsupported_encoding",
+            Rejection::TooLarge { .. } => "too_large",
+            Rejection::BodyTimeout(_) => "body_timeout",
+            Rejection::BodyRead(_) => "body_read",
+            Rejection::Soap(e) => e.label(),
+            Rejection::Authz(e) => e.label(),
+            Rejection::Store(_) => "store_unavailable",
+        }
+    }
+
+    fn fault_code(&self) -> FaultCode {
+        if self.status().is_server_error() {
+            FaultCode::Server
+        } else {
+            FaultCode::Client
+        }
+    }
+}
+
+/// What the log line of a request carries besides the outcome.
+#[derive(Default)]
+struct Seen {
+    org: Option<String>,
+    action: Option<String>,
+    notifications: usize,
+    stored: usize,
+    duplicates: usize,
+}
+
+/// Handles one request. Never fails: every outcome is a SOAP response.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<Connection>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    conn.hooks.request_started();
+    let started = Instant::now();
+    let mut seen = Seen::default();
+    let result = process(req, &conn, &mut seen).await;
+    let state = &conn.state;
+    let response = match result {
+        Ok(()) => {
+            state.metrics.request(200, "ack");
+            tracing::info!(
+                peer = %conn.peer,
+                certificate = %conn.identity.fingerprint,
+                org = seen.org.as_deref().unwrap_or(""),
+                action = seen.action.as_deref().unwrap_or(""),
+                notifications = seen.notifications,
+                stored = seen.stored,
+                duplicates = seen.duplicates,
+                outcome = "ack",
+                status = 200,
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+            xml(StatusCode::OK, Bytes::from_static(soap::ACK.as_bytes()))
+        }
+        Err(rejection) => {
+            let status = rejection.status();
+            state.metrics.request(status.as_u16(), rejection.label());
+            tracing::warn!(
+                peer = %conn.peer,
+                certificate = %conn.identity.fingerprint,
+                org = seen.org.as_deref().unwrap_or(""),
+                action = seen.action.as_deref().unwrap_or(""),
+                notifications = seen.notifications,
+                outcome = rejection.label(),
+                status = status.as_u16(),
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                reason = %rejection,
+                "request refused"
+            );
+            let mut response = xml(
+                status,
+                Bytes::from(soap::fault(rejection.fault_code(), &rejection.to_string())),
+            );
+            if let Rejection::MethodNotAllowed(_) = rejection {
+                response
+                    .headers_mut()
+                    .insert(ALLOW, hyper::header::HeaderValue::from_static("POST"));
+            }
+            response
+        }
+    };
+    conn.hooks.request_finished();
+    Ok(response)
+}
+
+async fn process(
+    req: Request<Incoming>,
+    conn: &Connection,
+    seen: &mut Seen,
+) -> Result<(), Rejection> {
+    let state = &conn.state;
+    let limits = &state.config.limits;
+    if req.uri().path() != state.config.listen.path {
+        return Err(Rejection::NotFound {
+            path: req.uri().path().chars().take(200).collect(),
+            expected: state.config.listen.path.clone(),
+        });
+    }
+    if req.method() != Method::POST {
+        return Err(Rejection::MethodNotAllowed(req.method().clone()));
+    }
+    if let Some(enc) = req.headers().get(CONTENT_ENCODING) {
+        let enc = enc.to_str().unwrap_or("(not text)").trim();
+        if !enc.eq_ignore_ascii_case("identity") {
+            return Err(Rejection::UnsupportedEncoding(
+                enc.chars().take(40).collect(),
+            ));
+        }
+    }
+    // An early 413 from the declared length, before reading anything.
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        return Err(Rejection::TooLarge {
+            limit: limits.max_body_bytes,
+        });
+    }
+    let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
+    let collect = Limited::new(req.into_body(), limit).collect();
+    let body = match tokio::time::timeout(limits.body_read_timeout, collect).await {
+        Err(_) => return Err(Rejection::BodyTimeout(limits.body_read_timeout.as_secs())),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(Rejection::TooLarge {
+                limit: limits.max_body_bytes,
+            });
+        }
+        Ok(Err(e)) => return Err(Rejection::BodyRead(e.to_string())),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    let body_done = Instant::now();
+
+    let message = soap::parse(&body)?;
+    seen.org = Some(message.organization_id.to_string());
+    seen.action = Some(message.action_id.to_string());
+    seen.notifications = message.notifications.len();
+
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    authz::bind(
+        &state.registry.snapshot(),
+        &conn.identity.fingerprint,
+        &message.organization_id,
+        now,
+    )?;
+
+    let record = NewMessage {
+        org: message.organization_id,
+        action_id: message.action_id.into_owned(),
+        certificate: conn.identity.fingerprint,
+        peer: conn.peer.to_string(),
+        notifications: message
+            .notifications
+            .iter()
+            .map(|n| NewNotification::new(&n.id, &n.object_type, &n.fields))
+            .collect(),
+    };
+    let committed = state.store.commit(record).await?;
+    seen.stored = committed.stored;
+    seen.duplicates = committed.duplicates;
+    state
+        .metrics
+        .ack_latency
+        .observe(body_done.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn xml(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(CONTENT_TYPE_XML),
+    );
+    response
+}

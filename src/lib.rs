@@ -1,0 +1,132 @@
+//! obm-gate receives Salesforce Outbound Messages over mutual TLS, binds each message's
+//! `OrganizationId` to the client certificate it arrived with, stores every notification
+//! durably, and only then acknowledges.
+//!
+//! # Layout
+//!
+//! The modules follow a message's path:
+//!
+//! - [`listener`]: accepting connections within the limits, the per-connection watchdog,
+//!   graceful shutdown.
+//! - [`tls`]: the handshake and client identity; the registry-backed certificate verifier.
+//!   The only module that knows rustls.
+//! - [`http`]: routing, body limits, the request pipeline and its SOAP answers.
+//! - [`soap`]: parsing envelopes, writing the ack and faults. The only module that knows XML.
+//! - [`authz`]: binding the message's org to the certificate, against the registry of now.
+//! - [`store`]: group-committed, deduplicated, durable storage. The only module that knows SQL.
+//!
+//! Around it: [`registry`] (certificates per org), [`ca`] (certificates we create), [`config`],
+//! [`metrics`], [`ids`] (validated identifiers) and [`cli`].
+
+#![forbid(unsafe_code)]
+
+pub mod authz;
+pub mod ca;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod ids;
+pub mod listener;
+pub mod metrics;
+pub mod registry;
+pub mod soap;
+pub mod store;
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// Why the receiver could not start. Everything here happens before the port accepts.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigErrors),
+    #[error("development server certificate: {0}")]
+    DevCertificate(#[from] ca::CaError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("registry: {0}")]
+    Registry(#[from] registry::RegistryError),
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A receiver, ready to serve: registry loaded, store open, TLS configured.
+pub struct Server {
+    state: Arc<http::AppState>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    server_cert: Arc<tls::ServerCert>,
+}
+
+impl Server {
+    /// Loads everything the configuration names. Creates a development server certificate
+    /// if neither the certificate nor the key file exists.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        let (cert, key) = (&config.tls.certificate, &config.tls.private_key);
+        if ca::ensure_dev_server_certificate(cert, key)? {
+            tracing::warn!(
+                certificate = %cert.display(),
+                key = %key.display(),
+                "!!! CREATED A SELF-SIGNED DEVELOPMENT SERVER CERTIFICATE FOR localhost !!! \
+                 Salesforce will not trust it: configure [tls] certificate and private_key \
+                 with a publicly trusted chain before going live"
+            );
+        }
+        let server_cert = tls::ServerCert::new(tls::load_certified_key(cert, key)?);
+        let metrics = Arc::new(metrics::Metrics::new());
+        let registry = Arc::new(registry::Registry::open(&config.registry.directory)?);
+        let tls_config = tls::server_config(
+            registry.clone(),
+            server_cert.clone(),
+            &config.registry.ca_certificates,
+        )?;
+        let store = Arc::new(store::Store::open(&config.store.path, metrics.clone())?);
+        let state = Arc::new(http::AppState {
+            config,
+            registry,
+            store,
+            metrics,
+        });
+        Ok(Server {
+            state,
+            acceptor: tokio_rustls::TlsAcceptor::from(tls_config),
+            server_cert,
+        })
+    }
+
+    /// Shared state, for tests and the admin side: registry, store, metrics.
+    pub fn state(&self) -> Arc<http::AppState> {
+        self.state.clone()
+    }
+
+    /// The server certificate in use; `replace` it to serve a new one.
+    pub fn server_cert(&self) -> Arc<tls::ServerCert> {
+        self.server_cert.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains and flushes.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StartError> {
+        let grace = self.state.config.shutdown.grace_period;
+        listener::run(self.state, self.acceptor, listener, grace, shutdown).await?;
+        Ok(())
+    }
+}
+
+/// Starts a receiver on a bound listener and serves until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    Server::start(config)?.run(listener, shutdown).await
+}

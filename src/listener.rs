@@ -1,0 +1,305 @@
+//! The listener: accepting connections within the connection limit, the TLS handshake within
+//! its timeout, HTTP/1.1 on top, and the per-connection watchdog for the header-read and idle
+//! keep-alive timeouts. Shutdown is an input: when it fires, accepting stops, connections finish
+//! their in-flight request within the grace period, and the store is flushed.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Limits;
+use crate::http::{self, AppState, RequestHooks};
+use crate::tls;
+
+/// Largest request head (request line and headers). Salesforce sends a few hundred bytes.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Runs the accept loop until `shutdown` resolves, then drains connections for at most `grace`
+/// and flushes the store.
+pub async fn run(
+    state: Arc<AppState>,
+    acceptor: TlsAcceptor,
+    listener: TcpListener,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, path = %state.config.listen.path, "listening");
+    let limits = state.config.limits.clone();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    tokio::pin!(shutdown);
+    loop {
+        // Past the connection limit, connections wait in the kernel's accept queue.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and the like: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let state = state.clone();
+        let acceptor = acceptor.clone();
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            connection(state, acceptor, tcp, peer, stop).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        open = tracker.len(),
+        grace_seconds = grace.as_secs_f64(),
+        "shutting down: stopped accepting, draining connections"
+    );
+    stop.cancel();
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            cut = tracker.len(),
+            "grace period over; cutting connections (their requests were not acknowledged)"
+        );
+    }
+    state.store.shutdown().await;
+    Ok(())
+}
+
+/// Decrements the open-connection gauge however the connection ends.
+struct OpenGuard(Arc<AppState>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.metrics.open_connections.dec();
+    }
+}
+
+async fn connection(
+    state: Arc<AppState>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
+    state.metrics.open_connections.inc();
+    let _open = OpenGuard(state.clone());
+    let limits = state.config.limits.clone();
+    let handshake = tokio::select! {
+        r = tls::accept(&acceptor, tcp, limits.handshake_timeout) => r,
+        _ = stop.cancelled() => return,
+    };
+    let (stream, identity) = match handshake {
+        Ok(ok) => ok,
+        Err(refusal) => {
+            state.metrics.handshake("refused", refusal.label());
+            tracing::warn!(peer = %peer, reason = refusal.label(), "handshake refused: {refusal}");
+            return;
+        }
+    };
+    state.metrics.handshake("accepted", "ok");
+    tracing::debug!(
+        peer = %peer,
+        certificate = %identity.fingerprint,
+        protocol = identity.protocol,
+        cipher = %identity.cipher,
+        "handshake accepted"
+    );
+
+    let activity = Arc::new(Activity::new());
+    let conn = Arc::new(http::Connection {
+        state: state.clone(),
+        peer,
+        identity,
+        hooks: activity.clone(),
+    });
+    let service = service_fn(move |req| http::handle(req, conn.clone()));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // hyper's own header timer also runs while a keep-alive connection is idle; the
+        // watchdog below keeps the two limits apart.
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_header_size(MAX_HEADER_BYTES);
+    let io = TokioIo::new(ActivityIo {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let served = builder.serve_connection(io, service);
+    tokio::pin!(served);
+    let mut tick = tokio::time::interval(watchdog_period(&limits));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = served.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = tick.tick() => {
+                if let Some(why) = activity.expired(&limits) {
+                    tracing::debug!(peer = %peer, reason = why, "closing connection");
+                    return;
+                }
+            }
+            _ = stop.cancelled(), if !draining => {
+                draining = true;
+                served.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// How often a connection checks its timeouts: a quarter of the shortest, within 20 ms..1 s.
+fn watchdog_period(limits: &Limits) -> Duration {
+    (limits.header_read_timeout.min(limits.idle_timeout) / 4)
+        .clamp(Duration::from_millis(20), Duration::from_secs(1))
+}
+
+const NO_BYTE: u64 = u64::MAX;
+
+/// What a connection is doing, for its timeouts. Updated from the connection's own task (reads)
+/// and its requests; atomics only because the service must be `Send`.
+struct Activity {
+    origin: Instant,
+    in_flight: AtomicU32,
+    /// When the last response was produced (ms since `origin`).
+    idle_since: AtomicU64,
+    /// When the first byte of the next request arrived, or `NO_BYTE`. A new connection starts
+    /// its first request's header clock at the end of the handshake.
+    first_byte: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            origin: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
+            first_byte: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    fn on_read(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.first_byte.load(Ordering::Relaxed) == NO_BYTE
+        {
+            self.first_byte.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Which limit, if any, the connection has run past.
+    fn expired(&self, limits: &Limits) -> Option<&'static str> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            // The body read timeout and the store bound an in-flight request.
+            return None;
+        }
+        let now = self.now_ms();
+        let first = self.first_byte.load(Ordering::Relaxed);
+        if first != NO_BYTE {
+            let waited = now.saturating_sub(first);
+            return (waited > limits.header_read_timeout.as_millis() as u64)
+                .then_some("header_read_timeout");
+        }
+        let idle = now.saturating_sub(self.idle_since.load(Ordering::Relaxed));
+        (idle > limits.idle_timeout.as_millis() as u64).then_some("idle_timeout")
+    }
+}
+
+impl RequestHooks for Activity {
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.first_byte.store(NO_BYTE, Ordering::Relaxed);
+    }
+
+    fn request_finished(&self) {
+        self.idle_since.store(self.now_ms(), Ordering::Relaxed);
+        self.first_byte.store(NO_BYTE, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The TLS stream, noting when bytes arrive.
+struct ActivityIo {
+    inner: tls::ServerStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for ActivityIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.on_read();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for ActivityIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

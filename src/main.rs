@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    obm_gate::cli::main()
+}

@@ -1,0 +1,140 @@
+//! Prometheus metrics. Every label value is a fixed string from the code (a refusal reason, an
+//! outcome) or, for orgs, comes from the registry, never from a request, so cardinality stays
+//! bounded whatever peers send.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub outcome: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub status: u16,
+    pub reason: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub handshakes: Family<HandshakeLabels, Counter>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub notifications_stored: Counter,
+    pub notifications_duplicate: Counter,
+    pub open_connections: Gauge,
+    /// From the end of the request body to the acknowledgment being handed to hyper.
+    pub ack_latency: Histogram,
+    /// Messages per group commit.
+    pub batch_size: Histogram,
+    /// Seconds per group commit (the fsync dominates).
+    pub commit_latency: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("obm_gate");
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let notifications_stored = Counter::default();
+        let notifications_duplicate = Counter::default();
+        let open_connections = Gauge::default();
+        let ack_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        let commit_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "handshakes",
+            "TLS handshakes by outcome and refusal reason",
+            handshakes.clone(),
+        );
+        registry.register(
+            "requests",
+            "HTTP requests by status and fault reason",
+            requests.clone(),
+        );
+        registry.register(
+            "notifications_stored",
+            "Notifications newly stored",
+            notifications_stored.clone(),
+        );
+        registry.register(
+            "notifications_duplicate",
+            "Notifications acknowledged as already stored",
+            notifications_duplicate.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Open client connections",
+            open_connections.clone(),
+        );
+        registry.register(
+            "ack_latency_seconds",
+            "Time from a complete request body to its acknowledgment",
+            ack_latency.clone(),
+        );
+        registry.register(
+            "store_batch_messages",
+            "Messages per group commit",
+            batch_size.clone(),
+        );
+        registry.register(
+            "store_commit_seconds",
+            "Duration of one group commit, fsync included",
+            commit_latency.clone(),
+        );
+        Metrics {
+            registry,
+            handshakes,
+            requests,
+            notifications_stored,
+            notifications_duplicate,
+            open_connections,
+            ack_latency,
+            batch_size,
+            commit_latency,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn handshake(&self, outcome: &'static str, reason: &'static str) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels { outcome, reason })
+            .inc();
+    }
+
+    pub fn request(&self, status: u16, reason: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels { status, reason })
+            .inc();
+    }
+
+    pub fn handshakes_with(&self, outcome: &'static str, reason: &'static str) -> u64 {
+        self.handshakes
+            .get_or_create(&HandshakeLabels { outcome, reason })
+            .get()
+    }
+
+    pub fn requests_with(&self, status: u16, reason: &'static str) -> u64 {
+        self.requests
+            .get_or_create(&RequestLabels { status, reason })
+            .get()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

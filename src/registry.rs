@@ -1,0 +1,293 @@
+//! The certificate registry: which client certificates belong to which Salesforce orgs.
+//!
+//! On disk it is `<directory>/<OrgId>/*.pem`. In memory it is an immutable [`Snapshot`] keyed by
+//! SHA-256 fingerprint (O(1) look-up), held in an [`ArcSwap`] so that the TLS verifier and the
+//! request path read it without ever blocking, and a reload swaps in a whole new snapshot at once.
+//! A file that cannot be read is reported and skipped; it never makes the registry accept more.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::{self, PemObject, SectionKind};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::ids::{Fingerprint, OrgId};
+
+/// A client certificate as the registry knows it.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    pub fingerprint: Fingerprint,
+    pub subject: String,
+    pub issuer: String,
+    /// The raw DER of the issuer name, to match it against configured CAs.
+    pub issuer_der: Vec<u8>,
+    /// Issuer and subject are the same name.
+    pub self_signed: bool,
+    /// Validity period, seconds since the Unix epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+    pub der: CertificateDer<'static>,
+}
+
+impl CertInfo {
+    /// Parses one DER certificate.
+    pub fn from_der(der: CertificateDer<'static>) -> Result<CertInfo, CertFileError> {
+        let (_, cert) = X509Certificate::from_der(der.as_ref())
+            .map_err(|e| CertFileError::Malformed(e.to_string()))?;
+        let tbs = &cert.tbs_certificate;
+        let info = CertInfo {
+            fingerprint: Fingerprint::of_der(der.as_ref()),
+            subject: tbs.subject.to_string(),
+            issuer: tbs.issuer.to_string(),
+            issuer_der: tbs.issuer.as_raw().to_vec(),
+            self_signed: tbs.issuer.as_raw() == tbs.subject.as_raw(),
+            not_before: tbs.validity.not_before.timestamp(),
+            not_after: tbs.validity.not_after.timestamp(),
+            der: CertificateDer::from(Vec::new()),
+        };
+        Ok(CertInfo { der, ..info })
+    }
+
+    /// Where `now` (seconds since the epoch) stands against the validity period.
+    pub fn validity_at(&self, now: i64) -> Validity {
+        if now < self.not_before {
+            Validity::NotYetValid
+        } else if now > self.not_after {
+            Validity::Expired
+        } else {
+            Validity::Valid
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    Valid,
+    Expired,
+    NotYetValid,
+}
+
+/// Why a certificate file was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum CertFileError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "this file holds a private key; register only the certificate, and keep the key secret"
+    )]
+    PrivateKey,
+    #[error("no PEM certificate (-----BEGIN CERTIFICATE-----) found")]
+    NoCertificate,
+    #[error("not a valid PEM file: {0}")]
+    Pem(String),
+    #[error("not a valid X.509 certificate: {0}")]
+    Malformed(String),
+}
+
+/// Reads the first certificate of a PEM file. A file that contains a private key is refused
+/// as a whole, so a key never ends up in the registry directory unnoticed.
+pub fn read_pem_certificate(bytes: &[u8]) -> Result<CertInfo, CertFileError> {
+    let mut first = None;
+    for item in <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(bytes) {
+        let (kind, der) = item.map_err(|e| match e {
+            pem::Error::NoItemsFound => CertFileError::NoCertificate,
+            other => CertFileError::Pem(other.to_string()),
+        })?;
+        match kind {
+            SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey => {
+                return Err(CertFileError::PrivateKey);
+            }
+            SectionKind::Certificate if first.is_none() => first = Some(der),
+            _ => {}
+        }
+    }
+    let der = first.ok_or(CertFileError::NoCertificate)?;
+    CertInfo::from_der(CertificateDer::from(der))
+}
+
+/// A registered certificate and the orgs it belongs to.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub cert: CertInfo,
+    /// Sorted, without duplicates. Usually one.
+    pub orgs: Vec<OrgId>,
+    pub files: Vec<PathBuf>,
+}
+
+/// A file or directory that was skipped, and why.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// One immutable view of the registry.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    by_fingerprint: HashMap<Fingerprint, Registered>,
+    pub problems: Vec<Problem>,
+}
+
+impl Snapshot {
+    pub fn get(&self, fp: &Fingerprint) -> Option<&Registered> {
+        self.by_fingerprint.get(fp)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_fingerprint.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_fingerprint.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Registered> {
+        self.by_fingerprint.values()
+    }
+
+    /// Reads `<dir>/<OrgId>/*.pem`. Only an unreadable top directory is an error; everything
+    /// below it that is wrong becomes a [`Problem`] and is skipped.
+    pub fn read_dir(dir: &Path) -> Result<Snapshot, RegistryError> {
+        let top = std::fs::read_dir(dir).map_err(|e| RegistryError::Directory {
+            path: dir.to_owned(),
+            source: e,
+        })?;
+        let mut snapshot = Snapshot::default();
+        let mut org_dirs: Vec<_> = top.filter_map(Result::ok).map(|e| e.path()).collect();
+        org_dirs.sort();
+        for org_dir in org_dirs {
+            let Some(name) = org_dir.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if name.starts_with('.') || !org_dir.is_dir() {
+                continue;
+            }
+            let org = match OrgId::parse(name) {
+                Ok(org) => org,
+                Err(e) => {
+                    snapshot.problems.push(Problem {
+                        path: org_dir.clone(),
+                        reason: format!("directory name is not an org ID: {e}"),
+                    });
+                    continue;
+                }
+            };
+            snapshot.read_org_dir(org, &org_dir);
+        }
+        Ok(snapshot)
+    }
+
+    fn read_org_dir(&mut self, org: OrgId, dir: &Path) {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.problems.push(Problem {
+                    path: dir.to_owned(),
+                    reason: format!("cannot read: {e}"),
+                });
+                return;
+            }
+        };
+        let mut files: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+            .collect();
+        files.sort();
+        for file in files {
+            match std::fs::read(&file)
+                .map_err(CertFileError::from)
+                .and_then(|b| read_pem_certificate(&b))
+            {
+                Ok(cert) => self.insert(org, cert, file),
+                Err(e) => self.problems.push(Problem {
+                    path: file,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+    }
+
+    fn insert(&mut self, org: OrgId, cert: CertInfo, file: PathBuf) {
+        let entry = self
+            .by_fingerprint
+            .entry(cert.fingerprint)
+            .or_insert_with(|| Registered {
+                cert,
+                orgs: Vec::with_capacity(1),
+                files: Vec::with_capacity(1),
+            });
+        if let Err(at) = entry.orgs.binary_search(&org) {
+            entry.orgs.insert(at, org);
+        }
+        entry.files.push(file);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot read the registry directory {}: {source}", path.display())]
+    Directory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The live registry: a directory and the snapshot last read from it.
+#[derive(Debug)]
+pub struct Registry {
+    directory: PathBuf,
+    current: ArcSwap<Snapshot>,
+}
+
+impl Registry {
+    /// Reads the directory once. Problems with single files are logged, not fatal.
+    pub fn open(directory: &Path) -> Result<Registry, RegistryError> {
+        let snapshot = Snapshot::read_dir(directory)?;
+        log_problems(&snapshot);
+        Ok(Registry {
+            directory: directory.to_owned(),
+            current: ArcSwap::from_pointee(snapshot),
+        })
+    }
+
+    /// A registry over a snapshot built in memory (tests, benchmarks).
+    pub fn from_snapshot(directory: PathBuf, snapshot: Snapshot) -> Registry {
+        Registry {
+            directory,
+            current: ArcSwap::from_pointee(snapshot),
+        }
+    }
+
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+
+    /// The registry as it is now. Cheap; never blocks.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the directory and swaps the new snapshot in. If the directory itself cannot
+    /// be read, the current snapshot stays in force.
+    pub fn reload(&self) -> Result<Arc<Snapshot>, RegistryError> {
+        let snapshot = Arc::new(Snapshot::read_dir(&self.directory)?);
+        log_problems(&snapshot);
+        self.current.store(snapshot.clone());
+        Ok(snapshot)
+    }
+}
+
+fn log_problems(snapshot: &Snapshot) {
+    for p in &snapshot.problems {
+        tracing::warn!(path = %p.path.display(), reason = %p.reason, "registry: skipped");
+    }
+    tracing::info!(
+        certificates = snapshot.len(),
+        skipped = snapshot.problems.len(),
+        "registry loaded"
+    );
+}

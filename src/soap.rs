@@ -1,0 +1,675 @@
+//! SOAP: parsing Outbound Message envelopes and writing the acknowledgment and faults.
+//!
+//! This is the only module that knows XML. The parser is a streaming pass over quick-xml events
+//! that borrows every value from the request body where it can (a value is copied only when it
+//! contains an entity or character reference). It matches elements by namespace, never by prefix,
+//! refuses DTDs and unknown entities, and bounds depth and the count of notifications.
+
+use std::borrow::Cow;
+
+use quick_xml::escape::{escape, resolve_predefined_entity};
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::ResolveResult;
+use quick_xml::reader::NsReader;
+
+use crate::ids::{IdError, OrgId};
+
+pub const SOAP11_ENVELOPE_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";
+pub const SOAP12_ENVELOPE_NS: &str = "http://www.w3.org/2003/05/soap-envelope";
+pub const OUTBOUND_NS: &str = "http://soap.sforce.com/2005/09/outbound";
+pub const SOBJECT_NS: &str = "urn:sobject.enterprise.soap.sforce.com";
+pub const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
+
+/// Salesforce puts at most 100 notifications in one message.
+pub const MAX_NOTIFICATIONS: usize = 100;
+/// The deepest legitimate element is a field: Envelope/Body/notifications/Notification/sObject/
+/// field (6). Headers and unknown elements are skipped, but only down to this depth.
+pub const MAX_DEPTH: usize = 32;
+
+/// The canonical acknowledgment. One `Ack` covers every notification of the message.
+pub const ACK: &str = concat!(
+    r#"<?xml version="1.0" encoding="UTF-8"?>"#,
+    r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">"#,
+    r#"<soapenv:Body><notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound">"#,
+    r#"<Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>"#
+);
+
+/// Who a fault blames, as SOAP 1.1 `faultcode` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultCode {
+    /// The message was refused: Salesforce should not expect a retry to succeed as is.
+    Client,
+    /// Our side failed: Salesforce retries.
+    Server,
+}
+
+/// Writes a SOAP 1.1 fault. `faultstring` is what the Salesforce admin reads as the delivery
+/// failure reason.
+pub fn fault(code: FaultCode, faultstring: &str) -> String {
+    let code = match code {
+        FaultCode::Client => "soapenv:Client",
+        FaultCode::Server => "soapenv:Server",
+    };
+    format!(
+        concat!(
+            r#"<?xml version="1.0" encoding="UTF-8"?>"#,
+            r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">"#,
+            r#"<soapenv:Body><soapenv:Fault><faultcode>{}</faultcode>"#,
+            r#"<faultstring>{}</faultstring></soapenv:Fault></soapenv:Body></soapenv:Envelope>"#
+        ),
+        code,
+        escape(faultstring)
+    )
+}
+
+/// One Outbound Message, borrowing from the request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message<'a> {
+    pub organization_id: OrgId,
+    pub action_id: Cow<'a, str>,
+    /// Present only for orgs that still send one; never logged or stored.
+    pub session_id: Option<Cow<'a, str>>,
+    pub enterprise_url: Option<Cow<'a, str>>,
+    pub partner_url: Option<Cow<'a, str>>,
+    pub notifications: Vec<Notification<'a>>,
+}
+
+/// One `Notification`: the record that changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification<'a> {
+    pub id: Cow<'a, str>,
+    /// The sObject type without its prefix, e.g. `Account`.
+    pub object_type: Cow<'a, str>,
+    /// Field name and value, in document order. A null field is omitted by Salesforce; a field
+    /// with `xsi:nil="true"` is treated the same way.
+    pub fields: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
+/// Why a body is not an acceptable Outbound Message. Each message is a `faultstring`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SoapError {
+    #[error("the body is empty; expected a SOAP 1.1 envelope")]
+    Empty,
+    #[error("the body is not valid UTF-8 (first bad byte at offset {offset})")]
+    InvalidUtf8 { offset: usize },
+    #[error("malformed XML at byte {offset}: {detail}")]
+    Xml { offset: u64, detail: String },
+    #[error("a DTD (<!DOCTYPE>) is not allowed in a SOAP message")]
+    Dtd,
+    #[error(
+        "entity '&{0};' is not allowed: only the five predefined XML entities and character references are"
+    )]
+    Entity(String),
+    #[error("elements are nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("the body ended before </{0}>: the message is truncated")]
+    Truncated(String),
+    #[error(
+        "a SOAP 1.2 envelope is not supported; Outbound Messages use SOAP 1.1 ({SOAP11_ENVELOPE_NS})"
+    )]
+    Soap12,
+    #[error("expected {expected}, found {found}")]
+    Unexpected {
+        expected: &'static str,
+        found: String,
+    },
+    #[error("text is not allowed {0}")]
+    StrayText(&'static str),
+    #[error("<{0}> must contain text only, but has a child element")]
+    NotText(String),
+    #[error("<{0}> appears more than once in <notifications>")]
+    Repeated(&'static str),
+    #[error("<notifications> has no <{0}>")]
+    Missing(&'static str),
+    #[error("<notifications> has no <Notification>; a message carries 1 to {MAX_NOTIFICATIONS}")]
+    NoNotifications,
+    #[error("the message carries more than {MAX_NOTIFICATIONS} notifications")]
+    TooManyNotifications,
+    #[error("OrganizationId: {0}")]
+    OrganizationId(IdError),
+    #[error("Notification #{index}: {problem}")]
+    Notification { index: usize, problem: String },
+}
+
+impl SoapError {
+    /// A short, fixed label for metrics (bounded cardinality).
+    pub fn label(&self) -> &'static str {
+        match self {
+            SoapError::Empty => "empty_body",
+            SoapError::InvalidUtf8 { .. } => "invalid_utf8",
+            SoapError::Xml { .. } => "malformed_xml",
+            SoapError::Dtd => "dtd",
+            SoapError::Entity(_) => "entity",
+            SoapError::TooDeep => "too_deep",
+            SoapError::Truncated(_) => "truncated",
+            SoapError::Soap12 => "soap12",
+            SoapError::Unexpected { .. } | SoapError::StrayText(_) | SoapError::NotText(_) => {
+                "unexpected_element"
+            }
+            SoapError::Repeated(_) => "repeated_element",
+            SoapError::Missing(_) | SoapError::NoNotifications => "missing_element",
+            SoapError::TooManyNotifications => "too_many_notifications",
+            SoapError::OrganizationId(_) => "bad_organization_id",
+            SoapError::Notification { .. } => "bad_notification",
+        }
+    }
+}
+
+/// Parses one Outbound Message. The body may start with a UTF-8 byte order mark.
+pub fn parse(body: &[u8]) -> Result<Message<'_>, SoapError> {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let text = std::str::from_utf8(body).map_err(|e| SoapError::InvalidUtf8 {
+        offset: e.valid_up_to(),
+    })?;
+    if text.trim().is_empty() {
+        return Err(SoapError::Empty);
+    }
+    Parser::new(text).message()
+}
+
+/// The namespaces the parser cares about; everything else is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ns {
+    Soap11,
+    Soap12,
+    Outbound,
+    SObject,
+    Other,
+    None,
+}
+
+fn classify(r: &ResolveResult<'_>) -> Ns {
+    match r {
+        ResolveResult::Bound(ns) => match ns.as_ref() {
+            n if n == SOAP11_ENVELOPE_NS => Ns::Soap11,
+            n if n == SOAP12_ENVELOPE_NS => Ns::Soap12,
+            n if n == OUTBOUND_NS => Ns::Outbound,
+            n if n == SOBJECT_NS => Ns::SObject,
+            _ => Ns::Other,
+        },
+        ResolveResult::Unbound => Ns::None,
+        ResolveResult::Unknown(_) => Ns::Other,
+    }
+}
+
+/// A start tag, resolved.
+struct Open<'a> {
+    ns: Ns,
+    /// Local name, borrowed from the body.
+    local: Cow<'a, str>,
+    /// `<x/>`: there is no content and no end event.
+    empty: bool,
+    nil: bool,
+    /// The local part of `xsi:type` (`sf:Account` → `Account`).
+    xsi_type: Option<String>,
+}
+
+impl Open<'_> {
+    fn describe(&self) -> String {
+        let ns = match self.ns {
+            Ns::Soap11 => SOAP11_ENVELOPE_NS,
+            Ns::Soap12 => SOAP12_ENVELOPE_NS,
+            Ns::Outbound => OUTBOUND_NS,
+            Ns::SObject => SOBJECT_NS,
+            Ns::Other => "another namespace",
+            Ns::None => "no namespace",
+        };
+        format!("<{}> in {}", self.local, ns)
+    }
+}
+
+/// What comes next inside an element.
+enum Item<'a> {
+    Open(Open<'a>),
+    /// Non-whitespace text (or a reference) where only elements are expected.
+    Text,
+    Close,
+}
+
+struct Parser<'a> {
+    /// The whole document; names are borrowed from it.
+    text: &'a str,
+    reader: NsReader<&'a [u8]>,
+    depth: usize,
+    /// Names of the open elements, for truncation messages.
+    stack: Vec<Cow<'a, str>>,
+}
+
+impl<'a> Parser<'a> {
+    fn new(text: &'a str) -> Self {
+        let mut reader = NsReader::from_str(text);
+        let cfg = reader.config_mut();
+        cfg.check_end_names = true;
+        cfg.expand_empty_elements = false;
+        Parser {
+            text,
+            reader,
+            depth: 0,
+            stack: Vec::with_capacity(8),
+        }
+    }
+
+    fn xml_error(&self, e: quick_xml::Error) -> SoapError {
+        SoapError::Xml {
+            offset: self.reader.error_position(),
+            detail: e.to_string(),
+        }
+    }
+
+    fn event(&mut self) -> Result<(Ns, Event<'a>), SoapError> {
+        match self.reader.read_resolved_event() {
+            Ok((r, ev)) => {
+                let ns = classify(&r);
+                if let Event::DocType(_) = ev {
+                    return Err(SoapError::Dtd);
+                }
+                Ok((ns, ev))
+            }
+            Err(e) => Err(self.xml_error(e)),
+        }
+    }
+
+    fn open(&mut self, ns: Ns, start: BytesStart<'a>, empty: bool) -> Result<Open<'a>, SoapError> {
+        let mut nil = false;
+        let mut xsi_type = None;
+        for attr in start.attributes() {
+            let attr = attr.map_err(|e| self.xml_error(e.into()))?;
+            let (r, local) = self.reader.resolver().resolve_attribute(attr.key);
+            let is_xsi = matches!(&r, ResolveResult::Bound(n) if n.as_ref() == XSI_NS);
+            if !is_xsi {
+                continue;
+            }
+            let value = attr
+                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                .map_err(|e| self.xml_error(e))?;
+            match local.as_ref() {
+                "nil" => nil = value.trim() == "true" || value.trim() == "1",
+                "type" => {
+                    let v = value.trim();
+                    xsi_type = Some(v.rsplit(':').next().unwrap_or(v).to_owned());
+                }
+                _ => {}
+            }
+        }
+        let local = reborrow(self.text, start.local_name().as_ref());
+        if !empty {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(SoapError::TooDeep);
+            }
+            self.stack.push(local.clone());
+        }
+        Ok(Open {
+            ns,
+            local,
+            empty,
+            nil,
+            xsi_type,
+        })
+    }
+
+    /// The next child element of the current element, skipping whitespace, comments and
+    /// processing instructions; `Close` at the current element's end tag.
+    fn next_item(&mut self) -> Result<Item<'a>, SoapError> {
+        loop {
+            let (ns, ev) = self.event()?;
+            match ev {
+                Event::Start(s) => return Ok(Item::Open(self.open(ns, s, false)?)),
+                Event::Empty(s) => return Ok(Item::Open(self.open(ns, s, true)?)),
+                Event::End(_) => {
+                    self.close()?;
+                    return Ok(Item::Close);
+                }
+                Event::Text(t) if t.trim_ascii().is_empty() => continue,
+                Event::Text(_) | Event::CData(_) | Event::GeneralRef(_) => return Ok(Item::Text),
+                Event::Comment(_) | Event::PI(_) | Event::Decl(_) => continue,
+                Event::DocType(_) => return Err(SoapError::Dtd),
+                Event::Eof => return Err(self.truncated()),
+            }
+        }
+    }
+
+    fn close(&mut self) -> Result<(), SoapError> {
+        if self.depth == 0 {
+            return Err(SoapError::StrayText("outside the SOAP envelope"));
+        }
+        self.depth -= 1;
+        self.stack.pop();
+        Ok(())
+    }
+
+    fn truncated(&self) -> SoapError {
+        let open = self.stack.last().map(|s| s.to_string());
+        SoapError::Truncated(open.unwrap_or_else(|| "Envelope".to_owned()))
+    }
+
+    /// Reads the text content of a leaf element whose start tag was just read.
+    fn text(&mut self, el: &Open<'a>) -> Result<Cow<'a, str>, SoapError> {
+        if el.empty {
+            return Ok(Cow::Borrowed(""));
+        }
+        let mut value: Option<Cow<'a, str>> = None;
+        let push = |value: &mut Option<Cow<'a, str>>, piece: Cow<'a, str>| match value {
+            None => *value = Some(piece),
+            Some(v) => v.to_mut().push_str(&piece),
+        };
+        loop {
+            let (_, ev) = self.event()?;
+            match ev {
+                Event::Text(t) => push(&mut value, t.xml10_content()),
+                Event::CData(c) => push(&mut value, c.into_inner()),
+                Event::GeneralRef(r) => {
+                    let resolved: Cow<'a, str> = if r.is_char_ref() {
+                        match r.resolve_char_ref() {
+                            Ok(Some(c)) => Cow::Owned(c.to_string()),
+                            _ => return Err(SoapError::Entity(r.to_string())),
+                        }
+                    } else {
+                        match resolve_predefined_entity(&r) {
+                            Some(s) => Cow::Borrowed(s),
+                            None => return Err(SoapError::Entity(r.to_string())),
+                        }
+                    };
+                    push(&mut value, resolved);
+                }
+                Event::End(_) => {
+                    self.close()?;
+                    return Ok(value.unwrap_or(Cow::Borrowed("")));
+                }
+                Event::Start(_) | Event::Empty(_) => {
+                    return Err(SoapError::NotText(el.local.to_string()));
+                }
+                Event::Comment(_) | Event::PI(_) | Event::Decl(_) => {}
+                Event::DocType(_) => return Err(SoapError::Dtd),
+                Event::Eof => return Err(self.truncated()),
+            }
+        }
+    }
+
+    /// Skips the content of an element whose start tag was just read (headers, unknown
+    /// elements), still bounded by `MAX_DEPTH` and still refusing unknown entities.
+    fn skip(&mut self, el: &Open<'a>) -> Result<(), SoapError> {
+        if el.empty {
+            return Ok(());
+        }
+        let target = self.depth - 1;
+        while self.depth > target {
+            let (ns, ev) = self.event()?;
+            match ev {
+                Event::Start(s) => {
+                    self.open(ns, s, false)?;
+                }
+                Event::End(_) => self.close()?,
+                Event::GeneralRef(r) => {
+                    if !r.is_char_ref() && resolve_predefined_entity(&r).is_none() {
+                        return Err(SoapError::Entity(r.to_string()));
+                    }
+                }
+                Event::Eof => return Err(self.truncated()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn message(mut self) -> Result<Message<'a>, SoapError> {
+        // Prolog: declaration, comments, PIs, whitespace; then the root element.
+        let envelope = loop {
+            match self.next_item() {
+                Ok(Item::Open(o)) => break o,
+                Ok(Item::Text) => return Err(SoapError::StrayText("before the SOAP envelope")),
+                Ok(Item::Close) => return Err(SoapError::StrayText("before the SOAP envelope")),
+                Err(SoapError::Truncated(_)) => return Err(SoapError::Empty),
+                Err(e) => return Err(e),
+            }
+        };
+        match (envelope.ns, envelope.local.as_ref()) {
+            (Ns::Soap11, "Envelope") => {}
+            (Ns::Soap12, _) => return Err(SoapError::Soap12),
+            _ => {
+                return Err(SoapError::Unexpected {
+                    expected: "a SOAP 1.1 <Envelope>",
+                    found: envelope.describe(),
+                });
+            }
+        }
+        if envelope.empty {
+            return Err(SoapError::Unexpected {
+                expected: "a SOAP <Body>",
+                found: "an empty <Envelope/>".into(),
+            });
+        }
+        let mut message = None;
+        loop {
+            match self.next_item()? {
+                Item::Open(o) if o.ns == Ns::Soap11 && o.local == "Header" => self.skip(&o)?,
+                Item::Open(o) if o.ns == Ns::Soap11 && o.local == "Body" && message.is_none() => {
+                    message = Some(self.body(&o)?);
+                }
+                Item::Open(o) => {
+                    return Err(SoapError::Unexpected {
+                        expected: "<Header> or <Body> in the SOAP envelope",
+                        found: o.describe(),
+                    });
+                }
+                Item::Text => return Err(SoapError::StrayText("in the SOAP envelope")),
+                Item::Close => break,
+            }
+        }
+        let message = message.ok_or(SoapError::Unexpected {
+            expected: "a SOAP <Body>",
+            found: "none".into(),
+        })?;
+        // Epilog: only whitespace, comments and PIs may follow.
+        loop {
+            match self.event()? {
+                (_, Event::Eof) => return Ok(message),
+                (_, Event::Text(t)) if t.trim_ascii().is_empty() => {}
+                (_, Event::Comment(_) | Event::PI(_)) => {}
+                _ => return Err(SoapError::StrayText("after the SOAP envelope")),
+            }
+        }
+    }
+
+    fn body(&mut self, body: &Open<'a>) -> Result<Message<'a>, SoapError> {
+        let missing = || SoapError::Unexpected {
+            expected: "<notifications> in http://soap.sforce.com/2005/09/outbound",
+            found: "an empty SOAP Body".into(),
+        };
+        if body.empty {
+            return Err(missing());
+        }
+        let mut message = None;
+        loop {
+            match self.next_item()? {
+                Item::Open(o)
+                    if o.ns == Ns::Outbound && o.local == "notifications" && message.is_none() =>
+                {
+                    message = Some(self.notifications(&o)?);
+                }
+                Item::Open(o) => {
+                    return Err(SoapError::Unexpected {
+                        expected: "<notifications> in http://soap.sforce.com/2005/09/outbound",
+                        found: o.describe(),
+                    });
+                }
+                Item::Text => return Err(SoapError::StrayText("in the SOAP Body")),
+                Item::Close => return message.ok_or_else(missing),
+            }
+        }
+    }
+
+    fn notifications(&mut self, el: &Open<'a>) -> Result<Message<'a>, SoapError> {
+        if el.empty {
+            return Err(SoapError::Missing("OrganizationId"));
+        }
+        let mut org = None;
+        let mut action = None;
+        let mut session = None;
+        let mut enterprise = None;
+        let mut partner = None;
+        let mut notifications = Vec::new();
+        loop {
+            let o = match self.next_item()? {
+                Item::Open(o) => o,
+                Item::Text => return Err(SoapError::StrayText("in <notifications>")),
+                Item::Close => break,
+            };
+            if o.ns != Ns::Outbound {
+                // Unknown extension elements are skipped, not guessed at.
+                self.skip(&o)?;
+                continue;
+            }
+            let slot = match o.local.as_ref() {
+                "OrganizationId" => &mut org,
+                "ActionId" => &mut action,
+                "SessionId" => &mut session,
+                "EnterpriseUrl" => &mut enterprise,
+                "PartnerUrl" => &mut partner,
+                "Notification" => {
+                    if notifications.len() == MAX_NOTIFICATIONS {
+                        return Err(SoapError::TooManyNotifications);
+                    }
+                    let index = notifications.len() + 1;
+                    notifications.push(self.notification(&o, index)?);
+                    continue;
+                }
+                _ => {
+                    self.skip(&o)?;
+                    continue;
+                }
+            };
+            if slot.is_some() {
+                return Err(SoapError::Repeated(static_name(&o.local)));
+            }
+            let value = self.text(&o)?;
+            *slot = Some(if o.nil { None } else { Some(value) });
+        }
+        let org = org.flatten().ok_or(SoapError::Missing("OrganizationId"))?;
+        let organization_id = OrgId::parse(org.trim()).map_err(SoapError::OrganizationId)?;
+        let action_id = action.flatten().ok_or(SoapError::Missing("ActionId"))?;
+        if notifications.is_empty() {
+            return Err(SoapError::NoNotifications);
+        }
+        Ok(Message {
+            organization_id,
+            action_id,
+            session_id: session.flatten().filter(|s| !s.is_empty()),
+            enterprise_url: enterprise.flatten(),
+            partner_url: partner.flatten(),
+            notifications,
+        })
+    }
+
+    fn notification(&mut self, el: &Open<'a>, index: usize) -> Result<Notification<'a>, SoapError> {
+        let bad = |problem: String| SoapError::Notification { index, problem };
+        if el.empty {
+            return Err(bad("it is empty; expected <Id> and <sObject>".into()));
+        }
+        let mut id = None;
+        let mut object = None;
+        loop {
+            let o = match self.next_item()? {
+                Item::Open(o) => o,
+                Item::Text => return Err(bad("text is not allowed in <Notification>".into())),
+                Item::Close => break,
+            };
+            match (o.ns, o.local.as_ref()) {
+                (Ns::Outbound, "Id") if id.is_none() => id = Some(self.text(&o)?),
+                (Ns::Outbound, "sObject") if object.is_none() => {
+                    object = Some(self.sobject(&o).map_err(|e| match e {
+                        SoapError::Notification { .. } => e,
+                        other if is_structural(&other) => other,
+                        other => bad(other.to_string()),
+                    })?);
+                }
+                (Ns::Outbound, "Id" | "sObject") => {
+                    return Err(bad(format!("<{}> appears more than once", o.local)));
+                }
+                _ => self.skip(&o)?,
+            }
+        }
+        let id = id.ok_or_else(|| bad("it has no <Id>".into()))?;
+        let id_ok = matches!(id.len(), 15 | 18) && id.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !id_ok {
+            return Err(bad(format!(
+                "<Id> '{}' is not a Salesforce ID",
+                id.chars().take(40).collect::<String>()
+            )));
+        }
+        let (object_type, fields) = object.ok_or_else(|| bad("it has no <sObject>".into()))?;
+        Ok(Notification {
+            id,
+            object_type,
+            fields,
+        })
+    }
+
+    fn sobject(&mut self, el: &Open<'a>) -> Result<(Cow<'a, str>, Fields<'a>), SoapError> {
+        let object_type: Cow<'a, str> = match &el.xsi_type {
+            Some(t) => Cow::Owned(t.clone()),
+            None => {
+                return Err(SoapError::Unexpected {
+                    expected: "an xsi:type attribute on <sObject>",
+                    found: "none".into(),
+                });
+            }
+        };
+        if object_type.is_empty() {
+            return Err(SoapError::Unexpected {
+                expected: "an object type in <sObject xsi:type>",
+                found: "an empty value".into(),
+            });
+        }
+        let mut fields = Vec::new();
+        if el.empty {
+            return Ok((object_type, fields));
+        }
+        loop {
+            let o = match self.next_item()? {
+                Item::Open(o) => o,
+                Item::Text => return Err(SoapError::StrayText("in <sObject>")),
+                Item::Close => break,
+            };
+            let value = self.text(&o)?;
+            if !o.nil {
+                fields.push((o.local, value));
+            }
+        }
+        Ok((object_type, fields))
+    }
+}
+
+type Fields<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
+
+/// Errors that concern the document as a whole rather than one notification's content.
+fn is_structural(e: &SoapError) -> bool {
+    matches!(
+        e,
+        SoapError::Xml { .. }
+            | SoapError::Dtd
+            | SoapError::Entity(_)
+            | SoapError::TooDeep
+            | SoapError::Truncated(_)
+    )
+}
+
+fn static_name(local: &str) -> &'static str {
+    match local {
+        "OrganizationId" => "OrganizationId",
+        "ActionId" => "ActionId",
+        "SessionId" => "SessionId",
+        "EnterpriseUrl" => "EnterpriseUrl",
+        _ => "PartnerUrl",
+    }
+}
+
+/// Returns `part` borrowed from `whole` when it is a slice of it (the slice reader hands out
+/// such slices), so names need no allocation; otherwise a copy.
+fn reborrow<'a>(whole: &'a str, part: &str) -> Cow<'a, str> {
+    let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    match whole.get(start..start.wrapping_add(part.len())) {
+        Some(slice) if slice.as_ptr() == part.as_ptr() => Cow::Borrowed(slice),
+        _ => Cow::Owned(part.to_owned()),
+    }
+}

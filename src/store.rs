@@ -1,0 +1,402 @@
+//! The durable store. The only module that knows SQL.
+//!
+//! One SQLite file in WAL mode with `synchronous=FULL`, so a commit returns only after the WAL is
+//! fsync'd. One writer thread owns the write connection and does **group commit**: it takes every
+//! message that queued up while the previous transaction was being fsync'd and writes them all in
+//! one transaction, so concurrent messages share one fsync. A caller's future resolves only after
+//! the transaction holding its message has committed (or failed); that is what lets the request
+//! path acknowledge only what is durable. Deduplication is on (org, notification ID).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::Serialize;
+use serde::ser::SerializeMap;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ids::{Fingerprint, OrgId};
+use crate::metrics::Metrics;
+
+/// Messages waiting for the writer. When it is full, requests wait for room (back-pressure).
+const QUEUE_CAPACITY: usize = 4096;
+/// The most messages one transaction takes, to bound a transaction's size and latency
+/// (100 notifications each at most).
+const MAX_BATCH_MESSAGES: usize = 512;
+
+/// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE notifications (
+        seq                INTEGER PRIMARY KEY,
+        org_id             TEXT NOT NULL,
+        notification_id    TEXT NOT NULL,
+        action_id          TEXT NOT NULL,
+        object_type        TEXT NOT NULL,
+        fields             TEXT NOT NULL,   -- JSON object, fields in document order
+        received_at        TEXT NOT NULL,   -- RFC 3339, UTC, milliseconds
+        certificate_sha256 TEXT NOT NULL,
+        peer_addr          TEXT NOT NULL,
+        UNIQUE (org_id, notification_id)
+    );
+    CREATE INDEX notifications_received ON notifications (received_at);
+"#];
+
+/// One notification, ready to store.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub id: String,
+    pub object_type: String,
+    /// A JSON object of the fields, in document order.
+    pub fields_json: String,
+}
+
+impl NewNotification {
+    pub fn new<K: AsRef<str>, V: AsRef<str>>(
+        id: &str,
+        object_type: &str,
+        fields: &[(K, V)],
+    ) -> Self {
+        struct Fields<'f, K, V>(&'f [(K, V)]);
+        impl<K: AsRef<str>, V: AsRef<str>> Serialize for Fields<'_, K, V> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(Some(self.0.len()))?;
+                for (k, v) in self.0 {
+                    map.serialize_entry(k.as_ref(), v.as_ref())?;
+                }
+                map.end()
+            }
+        }
+        NewNotification {
+            id: id.to_owned(),
+            object_type: object_type.to_owned(),
+            // Serializing strings into a String cannot fail.
+            fields_json: serde_json::to_string(&Fields(fields)).unwrap_or_else(|_| "{}".into()),
+        }
+    }
+}
+
+/// One message's notifications, with where they came from.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub org: OrgId,
+    pub action_id: String,
+    pub certificate: Fingerprint,
+    pub peer: String,
+    pub notifications: Vec<NewNotification>,
+}
+
+/// What a commit did with a message's notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Committed {
+    pub stored: usize,
+    pub duplicates: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store {}: {detail}", path.display())]
+    Open { path: PathBuf, detail: String },
+    #[error("the store could not commit the message: {0}")]
+    Write(String),
+    #[error("the store is shut down")]
+    Unavailable,
+    #[error("cannot read the store: {0}")]
+    Read(String),
+}
+
+enum Job {
+    Commit(NewMessage, oneshot::Sender<Result<Committed, StoreError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Handle to the store; cheap to share behind an `Arc`.
+pub struct Store {
+    path: PathBuf,
+    jobs: mpsc::Sender<Job>,
+    commits: Arc<AtomicU64>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite file, migrates the schema and starts the writer.
+    pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+        let open_err = |detail: String| StoreError::Open {
+            path: path.to_owned(),
+            detail,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        }
+        let conn = open_writer(path).map_err(|e| open_err(e.to_string()))?;
+        let (jobs, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            conn,
+            metrics,
+            commits: commits.clone(),
+        };
+        std::thread::Builder::new()
+            .name("obm-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| open_err(e.to_string()))?;
+        Ok(Store {
+            path: path.to_owned(),
+            jobs,
+            commits,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stores a message's notifications durably. Resolves after the commit (and its fsync).
+    pub async fn commit(&self, message: NewMessage) -> Result<Committed, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Commit(message, tx))
+            .await
+            .map_err(|_| StoreError::Unavailable)?;
+        rx.await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    /// How many transactions (and so fsyncs) the writer has committed.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Writes everything queued before this call, then stops the writer. Later commits fail
+    /// with [`StoreError::Unavailable`].
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.send(Job::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Checks that the store can take a write right now (a rolled-back write transaction).
+    pub fn probe_writable(&self) -> Result<(), StoreError> {
+        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|e| StoreError::Write(e.to_string()))?;
+        conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+            .map_err(|e| StoreError::Write(e.to_string()))
+    }
+}
+
+fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode is {mode}, WAL is required"
+        )));
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL;")?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+struct Writer {
+    conn: Connection,
+    metrics: Arc<Metrics>,
+    commits: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH_MESSAGES);
+        let mut shutdown = None;
+        while shutdown.is_none() {
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
+            let mut next = Some(first);
+            // Everything that queued up during the last fsync joins this transaction.
+            while let Some(job) = next {
+                match job {
+                    Job::Commit(m, reply) => batch.push((m, reply)),
+                    Job::Shutdown(done) => {
+                        shutdown = Some(done);
+                        break;
+                    }
+                }
+                next = if batch.len() < MAX_BATCH_MESSAGES {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            if !batch.is_empty() {
+                self.commit_batch(&mut batch);
+            }
+        }
+        if let Some(done) = shutdown {
+            tracing::info!("store writer flushed and stopped");
+            let _ = done.send(());
+        }
+    }
+
+    fn commit_batch(
+        &mut self,
+        batch: &mut Vec<(NewMessage, oneshot::Sender<Result<Committed, StoreError>>)>,
+    ) {
+        let started = Instant::now();
+        let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let result = write(&mut self.conn, batch.iter().map(|(m, _)| m), &received_at);
+        self.metrics
+            .commit_latency
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_size.observe(batch.len() as f64);
+        match result {
+            Ok(outcomes) => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+                    self.metrics
+                        .notifications_stored
+                        .inc_by(outcome.stored as u64);
+                    self.metrics
+                        .notifications_duplicate
+                        .inc_by(outcome.duplicates as u64);
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, messages = batch.len(), "store commit failed; nothing acknowledged");
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(StoreError::Write(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Writes the messages in one transaction. On error the transaction is rolled back (dropped).
+fn write<'m>(
+    conn: &mut Connection,
+    messages: impl Iterator<Item = &'m NewMessage>,
+    received_at: &str,
+) -> rusqlite::Result<Vec<Committed>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::new();
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO notifications (org_id, notification_id, action_id, object_type, fields,
+                                        received_at, certificate_sha256, peer_addr)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (org_id, notification_id) DO NOTHING",
+        )?;
+        for m in messages {
+            let mut outcome = Committed::default();
+            let fingerprint = m.certificate.to_hex();
+            for n in &m.notifications {
+                let changed = insert.execute(params![
+                    m.org.as_str(),
+                    n.id,
+                    m.action_id,
+                    n.object_type,
+                    n.fields_json,
+                    received_at,
+                    fingerprint,
+                    m.peer,
+                ])?;
+                if changed == 1 {
+                    outcome.stored += 1;
+                } else {
+                    outcome.duplicates += 1;
+                }
+            }
+            outcomes.push(outcome);
+        }
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+/// A stored notification, as `messages list --json` prints it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoredNotification {
+    #[serde(skip)]
+    pub seq: i64,
+    pub org_id: String,
+    pub action_id: String,
+    pub notification_id: String,
+    pub object_type: String,
+    pub fields: serde_json::Value,
+    pub received_at: String,
+    pub certificate_sha256: String,
+    #[serde(skip)]
+    pub peer_addr: String,
+}
+
+/// What to list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub org: Option<OrgId>,
+    pub limit: Option<usize>,
+}
+
+/// Reads stored notifications, oldest first, from a store file (read-only; works while the
+/// receiver runs).
+pub fn list(path: &Path, filter: &Filter) -> Result<Vec<StoredNotification>, StoreError> {
+    let read_err = |e: rusqlite::Error| StoreError::Read(format!("{}: {e}", path.display()));
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(read_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(read_err)?;
+    let has_table: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'notifications'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(read_err)?;
+    if has_table.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, org_id, action_id, notification_id, object_type, fields, received_at,
+                    certificate_sha256, peer_addr
+             FROM notifications
+             WHERE (?1 IS NULL OR org_id = ?1)
+             ORDER BY seq
+             LIMIT ?2",
+        )
+        .map_err(read_err)?;
+    let limit = filter.limit.map(|l| l as i64).unwrap_or(-1);
+    let rows = stmt
+        .query_map(
+            params![filter.org.as_ref().map(OrgId::as_str), limit],
+            |r| {
+                let fields: String = r.get(5)?;
+                Ok(StoredNotification {
+                    seq: r.get(0)?,
+                    org_id: r.get(1)?,
+                    action_id: r.get(2)?,
+                    notification_id: r.get(3)?,
+                    object_type: r.get(4)?,
+                    fields: serde_json::from_str(&fields)
+                        .unwrap_or(serde_json::Value::String(fields)),
+                    received_at: r.get(6)?,
+                    certificate_sha256: r.get(7)?,
+                    peer_addr: r.get(8)?,
+                })
+            },
+        )
+        .map_err(read_err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(read_err)
+}

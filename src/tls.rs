@@ -1,0 +1,408 @@
+//! TLS and client identity. The only module that knows rustls.
+//!
+//! * TLS 1.2 and 1.3 only; a client certificate is always required.
+//! * [`RegistryVerifier`] accepts a client certificate only if its SHA-256 fingerprint is in the
+//!   registry, the time is inside its validity period, and, when its issuer is a configured CA,
+//!   its chain verifies. It then checks the handshake signature against the certificate's public
+//!   key itself, so pinned self-signed certificates work whatever their version or
+//!   `basicConstraints` (webpki would refuse `CA:TRUE` end entities and X.509 v1).
+//! * The verifier is not re-run on a resumed session; the request path therefore checks the
+//!   registry again for every request (see `authz`).
+//! * The server certificate sits behind an [`ArcSwap`] so it can be replaced without a restart.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, aws_lc_rs};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, SubjectPublicKeyInfoDer, UnixTime};
+use tokio::net::TcpStream;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::ids::Fingerprint;
+use crate::registry::{Registry, Validity};
+
+/// A server-side TLS stream, after a successful mutual handshake.
+pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Why a handshake was refused. The label is used in logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeRefusal {
+    #[error("the client presented no certificate")]
+    NoCertificate,
+    #[error("client certificate {0} is not registered to any org")]
+    Unknown(Fingerprint),
+    #[error("client certificate {0} has expired")]
+    Expired(Fingerprint),
+    #[error("client certificate {0} is not valid yet")]
+    NotYetValid(Fingerprint),
+    #[error("client certificate {fingerprint} does not chain to its configured CA: {detail}")]
+    UntrustedChain {
+        fingerprint: Fingerprint,
+        detail: String,
+    },
+    #[error(
+        "the handshake signature does not match the client certificate (no proof of possession)"
+    )]
+    BadSignature,
+    #[error("the client does not support TLS 1.2 or 1.3 or a common cipher suite: {0}")]
+    Protocol(String),
+    #[error("the handshake did not complete in time")]
+    Timeout,
+    #[error("the connection failed during the handshake: {0}")]
+    Io(String),
+}
+
+impl HandshakeRefusal {
+    pub fn label(&self) -> &'static str {
+        match self {
+            HandshakeRefusal::NoCertificate => "no_certificate",
+            HandshakeRefusal::Unknown(_) => "unknown",
+            HandshakeRefusal::Expired(_) => "expired",
+            HandshakeRefusal::NotYetValid(_) => "not_yet_valid",
+            HandshakeRefusal::UntrustedChain { .. } => "bad_chain",
+            HandshakeRefusal::BadSignature => "bad_signature",
+            HandshakeRefusal::Protocol(_) => "protocol",
+            HandshakeRefusal::Timeout => "timeout",
+            HandshakeRefusal::Io(_) => "io",
+        }
+    }
+}
+
+/// Our refusal, carried through rustls inside `CertificateError::Other`.
+#[derive(Debug)]
+struct Refused(HandshakeRefusal);
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn refuse(r: HandshakeRefusal) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Refused(r)))))
+}
+
+/// Turns a failed `accept` into the reason an admin can act on.
+fn classify(err: &io::Error) -> HandshakeRefusal {
+    let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return HandshakeRefusal::Io(err.to_string());
+    };
+    match tls {
+        rustls::Error::NoCertificatesPresented => HandshakeRefusal::NoCertificate,
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(e))) => e
+            .downcast_ref::<Refused>()
+            .map(|r| r.0.clone())
+            .unwrap_or_else(|| HandshakeRefusal::Protocol(tls.to_string())),
+        rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
+            HandshakeRefusal::BadSignature
+        }
+        other => HandshakeRefusal::Protocol(other.to_string()),
+    }
+}
+
+/// Who is on the other end of an established connection.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    pub fingerprint: Fingerprint,
+    pub protocol: &'static str,
+    pub cipher: String,
+}
+
+/// Runs the server side of the handshake and names the client.
+pub async fn accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    timeout: std::time::Duration,
+) -> Result<(ServerStream, ClientIdentity), HandshakeRefusal> {
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Err(_) => return Err(HandshakeRefusal::Timeout),
+        Ok(Err(e)) => return Err(classify(&e)),
+        Ok(Ok(s)) => s,
+    };
+    let (_, conn) = stream.get_ref();
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or(HandshakeRefusal::NoCertificate)?;
+    let protocol = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "unknown",
+    };
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    let identity = ClientIdentity {
+        fingerprint: Fingerprint::of_der(leaf.as_ref()),
+        protocol,
+        cipher,
+    };
+    Ok((stream, identity))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{} holds no PEM certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{} holds no PEM private key: {detail}", path.display())]
+    NoKey { path: PathBuf, detail: String },
+    #[error("the server key does not fit the certificate or is unsupported: {0}")]
+    Key(rustls::Error),
+    #[error("CA certificate {}: {detail}", path.display())]
+    Ca { path: PathBuf, detail: String },
+    #[error("TLS setup failed: {0}")]
+    Setup(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(aws_lc_rs::default_provider())
+}
+
+/// Loads a server certificate chain (leaf first) and its private key.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| TlsError::Read {
+            path: p.to_owned(),
+            source: e,
+        })
+    };
+    let cert_pem = read(cert)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert.to_owned(),
+        });
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| TlsError::NoKey {
+        path: key.to_owned(),
+        detail: e.to_string(),
+    })?;
+    CertifiedKey::from_der(chain, key_der, &provider()).map_err(TlsError::Key)
+}
+
+/// The server certificate, replaceable while the server runs.
+#[derive(Debug)]
+pub struct ServerCert {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ServerCert {
+    pub fn new(key: CertifiedKey) -> Arc<ServerCert> {
+        Arc::new(ServerCert {
+            current: ArcSwap::from_pointee(key),
+        })
+    }
+
+    /// Swaps in a new certificate; connections already established keep theirs.
+    pub fn replace(&self, key: CertifiedKey) {
+        self.current.store(Arc::new(key));
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// Builds the rustls server configuration: TLS 1.2/1.3, client certificate required and checked
+/// against the registry, HTTP/1.1 only.
+pub fn server_config(
+    registry: Arc<Registry>,
+    server_cert: Arc<ServerCert>,
+    ca_files: &[PathBuf],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = RegistryVerifier::new(registry, ca_files)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(server_cert);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The client-certificate verifier backed by the registry.
+#[derive(Debug)]
+pub struct RegistryVerifier {
+    registry: Arc<Registry>,
+    /// Set when CAs are configured.
+    cas: Option<Cas>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+#[derive(Debug)]
+struct Cas {
+    /// Raw DER subjects of the configured CAs: a certificate naming one of them as its issuer
+    /// must chain-verify.
+    subjects: Vec<Vec<u8>>,
+    /// webpki path building to those CAs.
+    chain: Arc<dyn ClientCertVerifier>,
+}
+
+impl RegistryVerifier {
+    pub fn new(registry: Arc<Registry>, ca_files: &[PathBuf]) -> Result<Self, TlsError> {
+        let mut roots = RootCertStore::empty();
+        let mut ca_subjects = Vec::new();
+        for path in ca_files {
+            let ca_err = |detail: String| TlsError::Ca {
+                path: path.clone(),
+                detail,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+            let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| ca_err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_err("no PEM certificate found".into()));
+            }
+            for der in certs {
+                let (_, parsed) =
+                    X509Certificate::from_der(der.as_ref()).map_err(|e| ca_err(e.to_string()))?;
+                ca_subjects.push(parsed.tbs_certificate.subject.as_raw().to_vec());
+                roots.add(der).map_err(|e| ca_err(e.to_string()))?;
+            }
+        }
+        let cas = if roots.is_empty() {
+            None
+        } else {
+            let chain = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .clear_root_hint_subjects()
+                .build()
+                .map_err(|e| TlsError::Setup(e.to_string()))?;
+            Some(Cas {
+                subjects: ca_subjects,
+                chain,
+            })
+        };
+        Ok(RegistryVerifier {
+            registry,
+            cas,
+            algorithms: provider().signature_verification_algorithms,
+        })
+    }
+
+    /// The public key of a certificate, read without webpki's end-entity rules.
+    fn spki(cert: &CertificateDer<'_>) -> Result<Vec<u8>, rustls::Error> {
+        let (_, parsed) = X509Certificate::from_der(cert.as_ref())
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        Ok(parsed.tbs_certificate.subject_pki.raw.to_vec())
+    }
+}
+
+impl ClientCertVerifier for RegistryVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    /// An empty list: clients should send their certificate whoever issued it.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let fp = Fingerprint::of_der(end_entity.as_ref());
+        let snapshot = self.registry.snapshot();
+        let entry = snapshot
+            .get(&fp)
+            .ok_or(refuse(HandshakeRefusal::Unknown(fp)))?;
+        let now_secs = now.as_secs() as i64;
+        match entry.cert.validity_at(now_secs) {
+            Validity::Valid => {}
+            Validity::Expired => return Err(refuse(HandshakeRefusal::Expired(fp))),
+            Validity::NotYetValid => return Err(refuse(HandshakeRefusal::NotYetValid(fp))),
+        }
+        if let Some(cas) = &self.cas
+            && !entry.cert.self_signed
+            && cas.subjects.contains(&entry.cert.issuer_der)
+        {
+            cas.chain
+                .verify_client_cert(end_entity, intermediates, now)
+                .map_err(|e| {
+                    refuse(HandshakeRefusal::UntrustedChain {
+                        fingerprint: fp,
+                        detail: e.to_string(),
+                    })
+                })?;
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let spki = Self::spki(cert)?;
+        let spki = SubjectPublicKeyInfoDer::from(spki.as_slice());
+        let key = webpki::RawPublicKeyEntity::try_from(&spki)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        // TLS 1.2 schemes do not name a curve: try each algorithm the scheme maps to.
+        let candidates = self
+            .algorithms
+            .mapping
+            .iter()
+            .filter(|(scheme, _)| *scheme == dss.scheme)
+            .flat_map(|(_, algs)| algs.iter());
+        for alg in candidates {
+            if key.verify_signature(*alg, message, dss.signature()).is_ok() {
+                return Ok(HandshakeSignatureValid::assertion());
+            }
+        }
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::BadSignature,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let spki = Self::spki(cert)?;
+        rustls::crypto::verify_tls13_signature_with_raw_key(
+            message,
+            &SubjectPublicKeyInfoDer::from(spki.as_slice()),
+            dss,
+            &self.algorithms,
+        )
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadSignature))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
