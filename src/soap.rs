@@ -400,10 +400,10 @@ impl<'a> Parser<'a> {
                     self.open(ns, s, false)?;
                 }
                 Event::End(_) => self.close()?,
-                Event::GeneralRef(r) => {
-                    if !r.is_char_ref() && resolve_predefined_entity(&r).is_none() {
-                        return Err(SoapError::Entity(r.to_string()));
-                    }
+                Event::GeneralRef(r)
+                    if !r.is_char_ref() && resolve_predefined_entity(&r).is_none() =>
+                {
+                    return Err(SoapError::Entity(r.to_string()));
                 }
                 Event::Eof => return Err(self.truncated()),
                 _ => {}
@@ -414,14 +414,13 @@ impl<'a> Parser<'a> {
 
     fn message(mut self) -> Result<Message<'a>, SoapError> {
         // Prolog: declaration, comments, PIs, whitespace; then the root element.
-        let envelope = loop {
-            match self.next_item() {
-                Ok(Item::Open(o)) => break o,
-                Ok(Item::Text) => return Err(SoapError::StrayText("before the SOAP envelope")),
-                Ok(Item::Close) => return Err(SoapError::StrayText("before the SOAP envelope")),
-                Err(SoapError::Truncated(_)) => return Err(SoapError::Empty),
-                Err(e) => return Err(e),
+        let envelope = match self.next_item() {
+            Ok(Item::Open(o)) => o,
+            Ok(Item::Text | Item::Close) => {
+                return Err(SoapError::StrayText("before the SOAP envelope"));
             }
+            Err(SoapError::Truncated(_)) => return Err(SoapError::Empty),
+            Err(e) => return Err(e),
         };
         match (envelope.ns, envelope.local.as_ref()) {
             (Ns::Soap11, "Envelope") => {}

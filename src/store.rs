@@ -186,7 +186,8 @@ impl Store {
 
 fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     let mut conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Only the CLI reads alongside; a writer waiting longer than this answers 503 instead.
+    conn.busy_timeout(std::time::Duration::from_secs(2))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(rusqlite::Error::InvalidParameterName(format!(

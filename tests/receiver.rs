@@ -1,0 +1,393 @@
+//! The receiver over its real path: TCP, mutual TLS with rcgen certificates, HTTP/1.1, SOAP,
+//! org binding, the SQLite store.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn registered_certificates_are_acknowledged_and_stored() {
+    let server = TestServer::start().await;
+    for (i, key) in [Key::Rsa2048, Key::EcdsaP256].into_iter().enumerate() {
+        let id = self_signed(Spec::new(key, &format!("client {i}")));
+        server.register(ORG_A, &format!("client{i}"), &id);
+        let reply = server
+            .client(Some(&id))
+            .post(&message(ORG_A, &[nid(i)]))
+            .await
+            .unwrap();
+        assert!(reply.is_ack(), "{key:?}: {reply:?}");
+        assert_eq!(reply.content_type, "text/xml; charset=utf-8");
+    }
+    // A self-signed certificate with CA:TRUE (what `openssl req -x509` makes) works too.
+    let ca_true = self_signed(Spec::new(Key::Rsa2048, "openssl-style").ca_true());
+    server.register(ORG_A15, "ca-true", &ca_true);
+    let reply = server
+        .client(Some(&ca_true))
+        .post(&message(ORG_A15, &[nid(2)]))
+        .await
+        .unwrap();
+    assert!(reply.is_ack(), "{reply:?}");
+
+    let stored = server.stored();
+    assert_eq!(stored.len(), 3);
+    assert_eq!(stored[0].org_id, ORG_A);
+    assert_eq!(stored[0].notification_id, nid(0));
+    assert_eq!(stored[0].object_type, "Contact");
+    assert_eq!(stored[0].action_id, "04kxx00000000blCAA");
+    assert_eq!(
+        stored[0].fields,
+        serde_json::json!({"Id": "003xx000004TmiQAAS", "LastName": "Black"})
+    );
+    assert_eq!(stored[2].certificate_sha256, ca_true.fingerprint());
+    // The 15-character org in the message was stored in its 18-character form.
+    assert_eq!(stored[2].org_id, ORG_A);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn refused_handshakes_name_their_reason_and_store_nothing() {
+    let ca = Ca::new("obm-gate test CA");
+    let rogue = Ca::new("obm-gate test CA"); // same subject name, different key
+    let server = TestServer::start_with(|config, dir| {
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, &ca.cert_pem).unwrap();
+        config.registry.ca_certificates = vec![path];
+    })
+    .await;
+
+    let expired = self_signed(Spec::new(Key::EcdsaP256, "expired").expired());
+    let future = self_signed(Spec::new(Key::EcdsaP256, "future").not_yet_valid());
+    let forged = rogue.issue(Spec::new(Key::EcdsaP256, "forged"));
+    server.register(ORG_A, "expired", &expired);
+    server.register(ORG_A, "future", &future);
+    // Registered by fingerprint, but it names our CA as issuer and does not chain to it.
+    server.register(ORG_A, "forged", &forged);
+    let unknown = self_signed(Spec::new(Key::Rsa2048, "stranger"));
+    let unknown_ca = Ca::new("someone else's CA").issue(Spec::new(Key::EcdsaP256, "other"));
+    let unregistered_ours = ca.issue(Spec::new(Key::EcdsaP256, "ours but unregistered"));
+
+    let cases: [(Option<&Identity>, &str); 7] = [
+        (None, "no_certificate"),
+        (Some(&unknown), "unknown"),
+        (Some(&expired), "expired"),
+        (Some(&future), "not_yet_valid"),
+        (Some(&forged), "bad_chain"),
+        (Some(&unknown_ca), "unknown"),
+        (Some(&unregistered_ours), "unknown"),
+    ];
+    let metrics = server.state.metrics.clone();
+    for (i, (id, reason)) in cases.iter().enumerate() {
+        let before = metrics.handshakes_with("refused", reason);
+        let result = server.client(*id).post(&message(ORG_A, &[nid(i)])).await;
+        assert!(
+            result.is_err(),
+            "{reason}: expected a refused handshake, got {result:?}"
+        );
+        eventually(
+            &format!("handshake refusal counted as {reason}"),
+            WAIT,
+            || metrics.handshakes_with("refused", reason) == before + 1,
+        )
+        .await;
+    }
+    assert!(server.stored().is_empty());
+
+    // A certificate our CA issued and that is registered chains, and is accepted.
+    let good = ca.issue(Spec::new(Key::Rsa2048, "ours"));
+    server.register(ORG_B, "ours", &good);
+    let reply = server
+        .client(Some(&good))
+        .post(&message(ORG_B, &[nid(9)]))
+        .await
+        .unwrap();
+    assert!(reply.is_ack(), "{reply:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tls_below_1_2_is_not_offered() {
+    // rustls clients cannot even offer TLS 1.0/1.1; the server's version list is 1.3 and 1.2,
+    // and both work.
+    let server = TestServer::start().await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "v"));
+    server.register(ORG_A, "v", &id);
+    for (i, v) in [&rustls::version::TLS12, &rustls::version::TLS13]
+        .into_iter()
+        .enumerate()
+    {
+        let client = Client::new(server.addr, &server.server_cert, Some(&id), Some(v));
+        let reply = client.post(&message(ORG_A, &[nid(i)])).await.unwrap();
+        assert!(reply.is_ack(), "{v:?}: {reply:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn org_mismatch_is_403_naming_both_orgs_and_stores_nothing() {
+    let server = TestServer::start().await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "a"));
+    server.register(ORG_A, "a", &id);
+    let client = server.client(Some(&id));
+    for claimed in ["00D1I000003qqqE", ORG_B] {
+        let reply = client.post(&message(claimed, &[nid(1)])).await.unwrap();
+        assert_eq!(reply.status, 403, "{reply:?}");
+        let f = reply.faultstring();
+        assert!(
+            f.contains(ORG_B) && f.contains(ORG_A) && f.contains(&id.fingerprint()),
+            "{f}"
+        );
+        assert!(reply.body.contains("<faultcode>soapenv:Client</faultcode>"));
+    }
+    assert!(server.stored().is_empty());
+    assert_eq!(server.state.metrics.requests_with(403, "org_mismatch"), 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_400_faults() {
+    let server = TestServer::start().await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "a"));
+    server.register(ORG_A, "a", &id);
+    let mut conn = server.client(Some(&id)).connect().await.unwrap();
+    let many: Vec<String> = (0..101).map(nid).collect();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"<not-closed".to_vec(), "tag not closed"),
+        (
+            br#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body></s:Envelope>"#.to_vec(),
+            "malformed XML",
+        ),
+        (b"<a></a>".to_vec(), "expected a SOAP 1.1 <Envelope>"),
+        (
+            br#"<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>"#.to_vec(),
+            "DTD",
+        ),
+        (message(ORG_A, &many), "more than 100 notifications"),
+        (b"plain text".to_vec(), "text is not allowed"),
+    ];
+    for (body, needle) in cases {
+        // The same keep-alive connection survives every fault.
+        let reply = conn.post(&body).await.unwrap();
+        assert_eq!(reply.status, 400, "{needle}: {reply:?}");
+        assert!(
+            reply.faultstring().contains(needle),
+            "{needle}: {}",
+            reply.faultstring()
+        );
+        assert_eq!(reply.content_type, "text/xml; charset=utf-8");
+    }
+    assert!(server.stored().is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_path_method_and_size_are_soap_faults() {
+    let server = TestServer::start_with(|c, _| c.limits.max_body_bytes = 4096).await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "a"));
+    server.register(ORG_A, "a", &id);
+    let mut conn = server.client(Some(&id)).connect().await.unwrap();
+    let body = message(ORG_A, &[nid(1)]);
+
+    let reply = conn.request("POST", "/elsewhere", &body).await.unwrap();
+    assert_eq!(reply.status, 404);
+    assert!(reply.faultstring().contains("/obm"), "{reply:?}");
+    let reply = conn.request("GET", "/obm", b"").await.unwrap();
+    assert_eq!(reply.status, 405);
+    assert!(reply.faultstring().contains("POST"), "{reply:?}");
+    assert!(reply.body.starts_with("<?xml"));
+
+    let big = vec![b' '; 5000];
+    let reply = conn.post(&big).await.unwrap();
+    assert_eq!(reply.status, 413, "{reply:?}");
+    assert!(reply.faultstring().contains("4096"));
+    assert!(server.stored().is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_is_acknowledged_and_stored_once() {
+    let server = TestServer::start().await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "a"));
+    server.register(ORG_A, "a", &id);
+    let client = server.client(Some(&id));
+    let body = message(ORG_A, &[nid(1), nid(2)]);
+    for _ in 0..3 {
+        assert!(client.post(&body).await.unwrap().is_ack());
+    }
+    // The 15-character form of the same org is the same org for deduplication.
+    assert!(
+        client
+            .post(&message(ORG_A15, &[nid(1)]))
+            .await
+            .unwrap()
+            .is_ack()
+    );
+    assert_eq!(server.stored().len(), 2);
+    assert_eq!(server.state.metrics.notifications_duplicate.get(), 5);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_senders_share_fsyncs() {
+    let server = TestServer::start().await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "a"));
+    server.register(ORG_A, "a", &id);
+    let client = server.client(Some(&id));
+    let commits_before = server.state.store.commits();
+    // 200 senders over 20 keep-alive connections: 10 messages per connection.
+    let mut tasks = Vec::new();
+    for c in 0..20 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = client.connect().await.unwrap();
+            for m in 0..10 {
+                let reply = conn
+                    .post(&message(ORG_A, &[nid(c * 10 + m)]))
+                    .await
+                    .unwrap();
+                assert!(reply.is_ack(), "{reply:?}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stored = server.stored();
+    assert_eq!(stored.len(), 200);
+    let commits = server.state.store.commits() - commits_before;
+    println!("200 messages committed in {commits} group commits");
+    assert!(
+        commits < 200,
+        "expected fewer fsync batches than messages, got {commits}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_removed_certificate_stops_working_on_open_and_resumed_connections() {
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let server = TestServer::start().await;
+        let id = self_signed(Spec::new(Key::EcdsaP256, "soon removed"));
+        let path = server.register(ORG_A, "a", &id);
+        let client = Client::new(server.addr, &server.server_cert, Some(&id), Some(version));
+        let mut open = client.connect().await.unwrap();
+        assert!(
+            open.post(&message(ORG_A, &[nid(1)]))
+                .await
+                .unwrap()
+                .is_ack()
+        );
+        // A second connection from the same client config resumes the session.
+        let mut resumed = client.connect().await.unwrap();
+        assert!(resumed.resumed, "{version:?}: expected a resumed session");
+
+        std::fs::remove_file(&path).unwrap();
+        server.state.registry.reload().unwrap();
+
+        for (what, conn) in [("keep-alive", &mut open), ("resumed", &mut resumed)] {
+            let reply = conn.post(&message(ORG_A, &[nid(2)])).await.unwrap();
+            assert_eq!(reply.status, 403, "{version:?} {what}: {reply:?}");
+            assert!(
+                reply.faultstring().contains("no longer registered"),
+                "{}",
+                reply.faultstring()
+            );
+        }
+        // And a fresh resumption after the removal is refused the same way.
+        if let Ok(mut again) = client.connect().await {
+            let reply = again.post(&message(ORG_A, &[nid(3)])).await;
+            assert!(reply.map(|r| r.status == 403).unwrap_or(true));
+        }
+        assert_eq!(server.stored().len(), 1);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn store_failure_is_503_and_the_server_keeps_running() {
+    let server = TestServer::start().await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "a"));
+    server.register(ORG_A, "a", &id);
+    let client = server.client(Some(&id));
+    assert!(
+        client
+            .post(&message(ORG_A, &[nid(1)]))
+            .await
+            .unwrap()
+            .is_ack()
+    );
+
+    // Another writer holds the database's write lock longer than the store's busy timeout.
+    let db = server.state.store.path().to_owned();
+    let blocker = rusqlite::Connection::open(&db).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let reply = client.post(&message(ORG_A, &[nid(2)])).await.unwrap();
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert!(reply.body.contains("<faultcode>soapenv:Server</faultcode>"));
+    assert!(
+        reply.faultstring().contains("not acknowledged"),
+        "{}",
+        reply.faultstring()
+    );
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+
+    // Salesforce's retry then succeeds without a restart.
+    assert!(
+        client
+            .post(&message(ORG_A, &[nid(2)]))
+            .await
+            .unwrap()
+            .is_ack()
+    );
+    assert_eq!(server.stored().len(), 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn idle_and_slow_header_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(|c, _| {
+        c.limits.idle_timeout = Duration::from_millis(300);
+        c.limits.header_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "a"));
+    server.register(ORG_A, "a", &id);
+    let client = server.client(Some(&id));
+    // A connection that sends half a request head and stalls is closed by the server.
+    let mut conn = client.connect_raw().await.unwrap();
+    conn.write_all(b"POST /obm HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, conn.read(&mut buf))
+        .await
+        .expect("server should close");
+    assert!(matches!(n, Ok(0) | Err(_)), "expected close, got {n:?}");
+
+    // An idle keep-alive connection is closed after the idle timeout.
+    let mut idle = client.connect().await.unwrap();
+    assert!(
+        idle.post(&message(ORG_A, &[nid(1)]))
+            .await
+            .unwrap()
+            .is_ack()
+    );
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            if idle.is_closed() {
+                break;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "idle connection was not closed");
+    server.stop().await;
+}
