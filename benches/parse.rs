@@ -23,7 +23,12 @@ fn parse(c: &mut Criterion) {
         let body = message(n);
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function(format!("{n}_notifications_{}B", body.len()), |b| {
-            b.iter(|| obm_gate::soap::parse(black_box(&body)).unwrap().notifications.len())
+            b.iter(|| {
+                obm_gate::soap::parse(black_box(&body))
+                    .unwrap()
+                    .notifications
+                    .len()
+            })
         });
     }
     group.finish();

@@ -20,7 +20,9 @@ fn populate(dir: &std::path::Path) -> Fingerprint {
         let org_dir = dir.join(&org);
         std::fs::create_dir_all(&org_dir).unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, format!("client {i}"));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("client {i}"));
         let cert = params.self_signed(&key).unwrap();
         std::fs::write(org_dir.join(format!("c{i}.pem")), cert.pem()).unwrap();
         last = Some(Fingerprint::of_der(cert.der()));
