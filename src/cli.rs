@@ -36,6 +36,87 @@ enum Command {
         #[command(subcommand)]
         command: MessagesCommand,
     },
+    /// The operator's signing CA.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// The registry of org certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Create the signing CA (refuses to overwrite an existing one).
+    Init {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Directory for ca.pem and ca.key (default: [ca] directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The CA's common name.
+        #[arg(long, default_value = "obm-gate client CA")]
+        name: String,
+    },
+    /// Sign a CSR downloaded from Salesforce and register the certificate for the org.
+    Sign {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The org the certificate belongs to (15 or 18 characters).
+        #[arg(long)]
+        org: String,
+        /// The certificate signing request (PEM).
+        csr: PathBuf,
+        /// Where to write the signed certificate followed by the CA, for Salesforce's
+        /// "Upload Signed Certificate" (default: <OrgId>-<fingerprint>.pem).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Validity in days (default: [ca] default_days; at most [ca] max_days).
+        #[arg(long)]
+        days: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// Register an existing certificate (bring your own) for an org.
+    Add {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        org: String,
+        cert: PathBuf,
+    },
+    /// One line per registered certificate.
+    List {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Only certificates expiring within this many days.
+        #[arg(long)]
+        expiring_within: Option<i64>,
+    },
+    /// Remove a certificate from every org it is registered to.
+    Remove {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// SHA-256 fingerprint (hex, colons allowed).
+        #[arg(long)]
+        fingerprint: String,
+    },
+    /// Would the receiver accept this certificate now? Exits 1 if not.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The org the certificate should belong to.
+        #[arg(long)]
+        org: Option<String>,
+        cert: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -89,6 +170,251 @@ pub fn main() -> ExitCode {
                     json,
                 },
         } => messages_list(config.as_deref(), org.as_deref(), limit, json),
+        Command::Ca { command } => report(certificates::ca(command)),
+        Command::Certs { command } => report(certificates::certs(command)),
+    }
+}
+
+/// A command's failure: what to print, and the exit status.
+struct Failure {
+    status: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl std::fmt::Display) -> Failure {
+        Failure {
+            status: EXIT_CONFIG,
+            message: message.to_string(),
+        }
+    }
+
+    fn failed(message: impl std::fmt::Display) -> Failure {
+        Failure {
+            status: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+fn report(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("obm-gate: {}", f.message);
+            }
+            ExitCode::from(f.status)
+        }
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// `ca` and `certs`.
+mod certificates {
+    use super::*;
+    use crate::ca;
+    use crate::checklist::Checklist;
+    use crate::ids::Fingerprint;
+    use crate::registry::{self, Snapshot, format_time, read_pem_certificate};
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+
+    fn config(path: Option<&Path>) -> Result<Config, Failure> {
+        load_config(path).map_err(Failure::usage)
+    }
+
+    fn org(s: &str) -> Result<OrgId, Failure> {
+        OrgId::parse(s).map_err(|e| Failure::usage(format!("--org: {e}")))
+    }
+
+    fn read(path: &Path) -> Result<Vec<u8>, Failure> {
+        std::fs::read(path)
+            .map_err(|e| Failure::failed(format!("cannot read {}: {e}", path.display())))
+    }
+
+    pub(super) fn ca(command: CaCommand) -> Result<(), Failure> {
+        match command {
+            CaCommand::Init {
+                config: c,
+                dir,
+                name,
+            } => {
+                let cfg = config(c.as_deref())?;
+                let dir = dir.unwrap_or(cfg.ca.directory);
+                let info = ca::init(&dir, &name).map_err(Failure::failed)?;
+                println!("created CA in {}", dir.display());
+                println!("  certificate  {}", dir.join("ca.pem").display());
+                println!(
+                    "  private key  {} (mode 0600; keep it secret)",
+                    dir.join("ca.key").display()
+                );
+                println!("  subject      {}", info.subject);
+                println!("  fingerprint  {}", info.fingerprint);
+                println!("  expires      {}", format_time(info.not_after));
+                Ok(())
+            }
+            CaCommand::Sign {
+                config: c,
+                org: o,
+                csr,
+                out,
+                days,
+            } => {
+                let cfg = config(c.as_deref())?;
+                let org = org(&o)?;
+                let days = days.unwrap_or(cfg.ca.default_days);
+                let files = ca::CaFiles::in_dir(&cfg.ca.directory);
+                let signed = ca::sign(&files, &read(&csr)?, org, days, cfg.ca.max_days)
+                    .map_err(Failure::failed)?;
+                let fp = signed.info.fingerprint;
+                let out = out
+                    .unwrap_or_else(|| PathBuf::from(format!("{org}-{}.pem", &fp.to_hex()[..16])));
+                std::fs::write(&out, &signed.chain_pem)
+                    .map_err(|e| Failure::failed(format!("cannot write {}: {e}", out.display())))?;
+                let registered =
+                    registry::add(&cfg.registry.directory, org, &signed.info, now_secs())
+                        .map_err(Failure::failed)?;
+                println!("signed for org {org}");
+                println!("  fingerprint  {fp}");
+                println!("  subject      {}", signed.info.subject);
+                println!("  expires      {}", format_time(signed.info.not_after));
+                println!(
+                    "  upload       {} (certificate + CA) in Salesforce: Upload Signed Certificate",
+                    out.display()
+                );
+                println!("  registered   {}", registered.display());
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn certs(command: CertsCommand) -> Result<(), Failure> {
+        match command {
+            CertsCommand::Add {
+                config: c,
+                org: o,
+                cert,
+            } => {
+                let cfg = config(c.as_deref())?;
+                let org = org(&o)?;
+                let info = read_pem_certificate(&read(&cert)?)
+                    .map_err(|e| Failure::failed(format!("{}: {e}", cert.display())))?;
+                let path = registry::add(&cfg.registry.directory, org, &info, now_secs())
+                    .map_err(Failure::failed)?;
+                println!("registered {} for org {org}", info.fingerprint);
+                println!("  subject  {}", info.subject);
+                println!(
+                    "  expires  {} ({} days left)",
+                    format_time(info.not_after),
+                    info.days_left(now_secs())
+                );
+                println!("  file     {}", path.display());
+                Ok(())
+            }
+            CertsCommand::List {
+                config: c,
+                json,
+                expiring_within,
+            } => {
+                let cfg = config(c.as_deref())?;
+                let snapshot =
+                    Snapshot::read_dir(&cfg.registry.directory).map_err(Failure::failed)?;
+                let now = now_secs();
+                let mut rows: Vec<_> = snapshot
+                    .iter()
+                    .flat_map(|r| r.orgs.iter().map(move |o| (o, r)))
+                    .filter(|(_, r)| expiring_within.is_none_or(|d| r.cert.days_left(now) <= d))
+                    .collect();
+                rows.sort_by_key(|(o, r)| (**o, r.cert.not_after));
+                for (org, r) in rows {
+                    let c = &r.cert;
+                    let kind = if c.self_signed {
+                        "self-signed"
+                    } else {
+                        "ca-issued"
+                    };
+                    if json {
+                        let line = serde_json::json!({
+                            "org_id": org.as_str(),
+                            "fingerprint": c.fingerprint.to_hex(),
+                            "subject": c.subject,
+                            "issuer": c.issuer,
+                            "not_after": format_time(c.not_after),
+                            "days_left": c.days_left(now),
+                            "kind": kind,
+                        });
+                        println!("{line}");
+                    } else {
+                        println!(
+                            "{org}  {}  {}  issuer={}  not_after={}  days_left={}  {kind}",
+                            c.fingerprint,
+                            c.subject,
+                            c.issuer,
+                            format_time(c.not_after),
+                            c.days_left(now)
+                        );
+                    }
+                }
+                for p in &snapshot.problems {
+                    eprintln!("skipped {}: {}", p.path.display(), p.reason);
+                }
+                Ok(())
+            }
+            CertsCommand::Remove {
+                config: c,
+                fingerprint,
+            } => {
+                let cfg = config(c.as_deref())?;
+                let fp = Fingerprint::parse(&fingerprint).map_err(Failure::usage)?;
+                let removed =
+                    registry::remove(&cfg.registry.directory, &fp).map_err(Failure::failed)?;
+                for path in removed {
+                    println!("removed {}", path.display());
+                }
+                Ok(())
+            }
+            CertsCommand::Check {
+                config: c,
+                org: o,
+                cert,
+            } => {
+                let cfg = config(c.as_deref())?;
+                let expected = o.as_deref().map(org).transpose()?;
+                let bytes = read(&cert)?;
+                let info = read_pem_certificate(&bytes)
+                    .map_err(|e| Failure::failed(format!("{}: {e}", cert.display())))?;
+                let intermediates: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_slice_iter(&bytes)
+                        .filter_map(Result::ok)
+                        .skip(1)
+                        .collect();
+                let snapshot =
+                    Snapshot::read_dir(&cfg.registry.directory).map_err(Failure::failed)?;
+                let checklist = Checklist::new(
+                    info,
+                    &intermediates,
+                    &snapshot,
+                    expected,
+                    &ca::chain_verified_cas(&cfg),
+                    cfg.registry.expiry_warning_days,
+                    now_secs(),
+                )
+                .map_err(Failure::failed)?;
+                print!("{}", checklist.render());
+                if checklist.refusals().is_empty() {
+                    Ok(())
+                } else {
+                    Err(Failure::failed(""))
+                }
+            }
+        }
     }
 }
 

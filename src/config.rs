@@ -25,6 +25,19 @@ pub struct Config {
     pub limits: Limits,
     pub log: Log,
     pub shutdown: Shutdown,
+    pub ca: Ca,
+}
+
+/// The operator's signing CA (`obm-gate ca init` / `ca sign`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ca {
+    /// Holds `ca.pem` and `ca.key`. When `ca.pem` exists, certificates it issued must chain to
+    /// it, like those of `[registry] ca_certificates`.
+    pub directory: PathBuf,
+    /// Lifetime of a signed client certificate when `--days` is not given.
+    pub default_days: u64,
+    /// The longest lifetime `ca sign` issues, whatever `--days` asks for.
+    pub max_days: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +67,10 @@ pub struct Registry {
     pub directory: PathBuf,
     /// CA certificates whose issued client certificates must chain-verify.
     pub ca_certificates: Vec<PathBuf>,
+    /// Log a warning (at start and daily) for certificates expiring within this many days.
+    pub expiry_warning_days: u64,
+    /// Log an error for certificates expiring within this many days.
+    pub expiry_error_days: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +122,8 @@ impl Default for Config {
             registry: Registry {
                 directory: "certs/orgs".into(),
                 ca_certificates: Vec::new(),
+                expiry_warning_days: 30,
+                expiry_error_days: 7,
             },
             store: Store {
                 path: "data/obm-gate.db".into(),
@@ -122,6 +141,11 @@ impl Default for Config {
             },
             shutdown: Shutdown {
                 grace_period: Duration::from_secs(20),
+            },
+            ca: Ca {
+                directory: "certs/ca".into(),
+                default_days: 365,
+                max_days: 825,
             },
         }
     }
@@ -181,6 +205,16 @@ pub fn parse(toml_text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
         registry: Registry {
             directory: r.get("registry", "directory", d.registry.directory),
             ca_certificates: r.get("registry", "ca_certificates", d.registry.ca_certificates),
+            expiry_warning_days: r.get(
+                "registry",
+                "expiry_warning_days",
+                d.registry.expiry_warning_days,
+            ),
+            expiry_error_days: r.get(
+                "registry",
+                "expiry_error_days",
+                d.registry.expiry_error_days,
+            ),
         },
         store: Store {
             path: r.get("store", "path", d.store.path),
@@ -202,6 +236,11 @@ pub fn parse(toml_text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
         },
         shutdown: Shutdown {
             grace_period: r.get("shutdown", "grace_period", d.shutdown.grace_period),
+        },
+        ca: Ca {
+            directory: r.get("ca", "directory", d.ca.directory),
+            default_days: r.get("ca", "default_days", d.ca.default_days),
+            max_days: r.get("ca", "max_days", d.ca.max_days),
         },
     };
     r.finish(&config)
@@ -328,6 +367,15 @@ fn validate(c: &Config) -> Vec<String> {
     }
     if c.limits.max_connections == 0 {
         errors.push("[limits] max_connections: must be at least 1".into());
+    }
+    if c.ca.default_days == 0 || c.ca.default_days > c.ca.max_days {
+        errors.push(format!(
+            "[ca] default_days: {} must be between 1 and max_days ({})",
+            c.ca.default_days, c.ca.max_days
+        ));
+    }
+    if c.registry.expiry_error_days > c.registry.expiry_warning_days {
+        errors.push("[registry] expiry_error_days must not exceed expiry_warning_days".into());
     }
     if c.tls.certificate.as_os_str().is_empty() || c.tls.private_key.as_os_str().is_empty() {
         errors.push("[tls] certificate and private_key must both be set".into());

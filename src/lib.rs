@@ -22,6 +22,7 @@
 
 pub mod authz;
 pub mod ca;
+pub mod checklist;
 pub mod cli;
 pub mod config;
 pub mod http;
@@ -84,7 +85,7 @@ impl Server {
         let tls_config = tls::server_config(
             registry.clone(),
             server_cert.clone(),
-            &config.registry.ca_certificates,
+            &ca::chain_verified_cas(&config),
         )?;
         let store = Arc::new(store::Store::open(&config.store.path, metrics.clone())?);
         let state = Arc::new(http::AppState {

@@ -29,6 +29,10 @@ pub struct CertInfo {
     /// Validity period, seconds since the Unix epoch.
     pub not_before: i64,
     pub not_after: i64,
+    /// `None` without an extended key usage extension; otherwise whether it allows clientAuth.
+    pub client_auth: Option<bool>,
+    /// `basicConstraints CA:TRUE`.
+    pub is_ca: bool,
     pub der: CertificateDer<'static>,
 }
 
@@ -46,9 +50,25 @@ impl CertInfo {
             self_signed: tbs.issuer.as_raw() == tbs.subject.as_raw(),
             not_before: tbs.validity.not_before.timestamp(),
             not_after: tbs.validity.not_after.timestamp(),
+            client_auth: cert
+                .extended_key_usage()
+                .ok()
+                .flatten()
+                .map(|eku| eku.value.client_auth || eku.value.any),
+            is_ca: cert.is_ca(),
             der: CertificateDer::from(Vec::new()),
         };
         Ok(CertInfo { der, ..info })
+    }
+
+    /// Whole days from `now` to the end of the validity period (negative once expired).
+    pub fn days_left(&self, now: i64) -> i64 {
+        (self.not_after - now).div_euclid(86_400)
+    }
+
+    /// The certificate as PEM.
+    pub fn to_pem(&self) -> String {
+        ::pem::encode(&::pem::Pem::new("CERTIFICATE", self.der.to_vec()))
     }
 
     /// Where `now` (seconds since the epoch) stands against the validity period.
@@ -234,6 +254,78 @@ pub enum RegistryError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Why `add` or `remove` refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(
+        "the certificate expired on {0}; Salesforce cannot use it and the receiver would refuse it"
+    )]
+    Expired(String),
+    #[error("the certificate is already registered for {org} ({})", path.display())]
+    AlreadyRegistered { org: OrgId, path: PathBuf },
+    #[error("no registered certificate has fingerprint {0}")]
+    NotRegistered(Fingerprint),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Formats seconds since the epoch as an RFC 3339 date and time (UTC).
+pub fn format_time(secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Registers `cert` for `org`: writes `<directory>/<OrgId18>/<fingerprint prefix>.pem`
+/// atomically (a temporary file, then a rename), so a running receiver never reads half a file.
+pub fn add(
+    directory: &Path,
+    org: OrgId,
+    cert: &CertInfo,
+    now: i64,
+) -> Result<PathBuf, ChangeError> {
+    if cert.validity_at(now) == Validity::Expired {
+        return Err(ChangeError::Expired(format_time(cert.not_after)));
+    }
+    let org_dir = directory.join(org.as_str());
+    let path = org_dir.join(format!("{}.pem", &cert.fingerprint.to_hex()[..16]));
+    let existing = Snapshot::read_dir(directory)?;
+    if let Some(entry) = existing.get(&cert.fingerprint)
+        && entry.orgs.contains(&org)
+    {
+        let path = entry.files.first().cloned().unwrap_or(path);
+        return Err(ChangeError::AlreadyRegistered { org, path });
+    }
+    let write_err = |path: &Path, source| ChangeError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(&org_dir).map_err(|e| write_err(&org_dir, e))?;
+    let tmp = org_dir.join(format!(".{}.tmp", &cert.fingerprint.to_hex()[..16]));
+    std::fs::write(&tmp, cert.to_pem()).map_err(|e| write_err(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| write_err(&path, e))?;
+    Ok(path)
+}
+
+/// Removes every file that holds the certificate with this fingerprint, in every org.
+pub fn remove(directory: &Path, fingerprint: &Fingerprint) -> Result<Vec<PathBuf>, ChangeError> {
+    let snapshot = Snapshot::read_dir(directory)?;
+    let entry = snapshot
+        .get(fingerprint)
+        .ok_or(ChangeError::NotRegistered(*fingerprint))?;
+    for file in &entry.files {
+        std::fs::remove_file(file).map_err(|e| ChangeError::Write {
+            path: file.clone(),
+            source: e,
+        })?;
+    }
+    Ok(entry.files.clone())
 }
 
 /// The live registry: a directory and the snapshot last read from it.

@@ -174,6 +174,46 @@ pub enum TlsError {
     Setup(String),
 }
 
+/// How a certificate stands against the configured CAs, as the handshake would judge it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainCheck {
+    /// Self-signed: pinned by fingerprint, no chain to verify.
+    SelfSigned,
+    /// Its issuer is not a configured CA: pinned by fingerprint only.
+    IssuerNotConfigured,
+    /// It chains to a configured CA.
+    Verified,
+    /// Its issuer is a configured CA, but the chain does not verify.
+    Failed(String),
+}
+
+/// Checks `cert` (with the intermediates a client would send) against the CA files, the way
+/// [`RegistryVerifier`] does in the handshake.
+pub fn check_chain(
+    cert: &crate::registry::CertInfo,
+    intermediates: &[CertificateDer<'static>],
+    ca_files: &[PathBuf],
+) -> Result<ChainCheck, TlsError> {
+    if cert.self_signed {
+        return Ok(ChainCheck::SelfSigned);
+    }
+    let Some(cas) = RegistryVerifier::load_cas(ca_files)? else {
+        return Ok(ChainCheck::IssuerNotConfigured);
+    };
+    if !cas.subjects.contains(&cert.issuer_der) {
+        return Ok(ChainCheck::IssuerNotConfigured);
+    }
+    Ok(
+        match cas
+            .chain
+            .verify_client_cert(&cert.der, intermediates, UnixTime::now())
+        {
+            Ok(_) => ChainCheck::Verified,
+            Err(e) => ChainCheck::Failed(e.to_string()),
+        },
+    )
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(aws_lc_rs::default_provider())
 }
@@ -264,6 +304,14 @@ struct Cas {
 
 impl RegistryVerifier {
     pub fn new(registry: Arc<Registry>, ca_files: &[PathBuf]) -> Result<Self, TlsError> {
+        Ok(RegistryVerifier {
+            registry,
+            cas: Self::load_cas(ca_files)?,
+            algorithms: provider().signature_verification_algorithms,
+        })
+    }
+
+    fn load_cas(ca_files: &[PathBuf]) -> Result<Option<Cas>, TlsError> {
         let mut roots = RootCertStore::empty();
         let mut ca_subjects = Vec::new();
         for path in ca_files {
@@ -285,23 +333,17 @@ impl RegistryVerifier {
                 roots.add(der).map_err(|e| ca_err(e.to_string()))?;
             }
         }
-        let cas = if roots.is_empty() {
-            None
-        } else {
-            let chain = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .clear_root_hint_subjects()
-                .build()
-                .map_err(|e| TlsError::Setup(e.to_string()))?;
-            Some(Cas {
-                subjects: ca_subjects,
-                chain,
-            })
-        };
-        Ok(RegistryVerifier {
-            registry,
-            cas,
-            algorithms: provider().signature_verification_algorithms,
-        })
+        if roots.is_empty() {
+            return Ok(None);
+        }
+        let chain = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .clear_root_hint_subjects()
+            .build()
+            .map_err(|e| TlsError::Setup(e.to_string()))?;
+        Ok(Some(Cas {
+            subjects: ca_subjects,
+            chain,
+        }))
     }
 
     /// The public key of a certificate, read without webpki's end-entity rules.
