@@ -15,7 +15,8 @@
 //! - [`authz`]: binding the message's org to the certificate, against the registry of now.
 //! - [`store`]: group-committed, deduplicated, durable storage. The only module that knows SQL.
 //!
-//! Around it: [`registry`] (certificates per org), [`ca`] (certificates we create), [`config`],
+//! Around it: [`registry`] (certificates per org) and [`reload`] (watching it and the server
+//! certificate), [`ca`] (certificates we create), [`checklist`] (`certs check`), [`config`],
 //! [`metrics`], [`ids`] (validated identifiers) and [`cli`].
 
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@ pub mod ids;
 pub mod listener;
 pub mod metrics;
 pub mod registry;
+pub mod reload;
 pub mod soap;
 pub mod store;
 pub mod tls;
@@ -63,6 +65,7 @@ pub struct Server {
     state: Arc<http::AppState>,
     acceptor: tokio_rustls::TlsAcceptor,
     server_cert: Arc<tls::ServerCert>,
+    watch: reload::Watch,
 }
 
 impl Server {
@@ -81,6 +84,8 @@ impl Server {
         }
         let server_cert = tls::ServerCert::new(tls::load_certified_key(cert, key)?);
         let metrics = Arc::new(metrics::Metrics::new());
+        // Watch first, then read: a change made after the first read is always seen.
+        let watch = reload::Watch::start(&config.registry.directory, &config.tls);
         let registry = Arc::new(registry::Registry::open(&config.registry.directory)?);
         let tls_config = tls::server_config(
             registry.clone(),
@@ -98,6 +103,7 @@ impl Server {
             state,
             acceptor: tokio_rustls::TlsAcceptor::from(tls_config),
             server_cert,
+            watch,
         })
     }
 
@@ -118,7 +124,17 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), StartError> {
         let grace = self.state.config.shutdown.grace_period;
-        listener::run(self.state, self.acceptor, listener, grace, shutdown).await?;
+        let stop_reload = tokio_util::sync::CancellationToken::new();
+        let reloader = tokio::spawn(reload::run(
+            self.state.clone(),
+            self.server_cert.clone(),
+            self.watch,
+            stop_reload.clone(),
+        ));
+        let served = listener::run(self.state, self.acceptor, listener, grace, shutdown).await;
+        stop_reload.cancel();
+        let _ = reloader.await;
+        served?;
         Ok(())
     }
 }

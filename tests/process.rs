@@ -237,3 +237,44 @@ async fn every_acknowledged_notification_survives_sigkill() {
     assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
     proc.kill();
 }
+
+#[tokio::test]
+async fn expiring_certificates_are_logged_and_sighup_reloads() {
+    let dir = workdir();
+    let orgs = dir.path().join("certs/orgs");
+    let soon = |days: i64| {
+        let mut spec = Spec::new(Key::EcdsaP256, &format!("{days} days"));
+        spec.not_after =
+            time::OffsetDateTime::now_utc() + time::Duration::days(days) + time::Duration::hours(1);
+        self_signed(spec)
+    };
+    let warn = soon(20);
+    let error = soon(3);
+    let fine = soon(200);
+    write_registered(&orgs, ORG_A, "warn", &warn);
+    write_registered(&orgs, ORG_A, "error", &error);
+    write_registered(&orgs, ORG_B, "fine", &fine);
+    let proc = Proc::start(dir.path());
+    eventually("expiry warnings at start", Duration::from_secs(5), || {
+        let lines = proc.lines.lock().unwrap();
+        let has = |level: &str, fp: &str| {
+            lines
+                .iter()
+                .any(|l| l.contains(level) && l.contains(fp) && l.contains("expires within"))
+        };
+        has("WARN", &warn.fingerprint()) && has("ERROR", &error.fingerprint())
+    })
+    .await;
+    assert!(!proc.logged(&format!("certificate={}", fine.fingerprint())));
+
+    let status = Command::new("kill")
+        .args(["-HUP", &proc.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eventually("reload on SIGHUP", Duration::from_secs(5), || {
+        proc.logged("registry reloaded trigger=\"SIGHUP\"")
+    })
+    .await;
+    proc.kill();
+}

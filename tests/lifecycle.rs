@@ -1,0 +1,495 @@
+//! Certificate lifecycle: `ca init` / `ca sign` on CSRs made by `openssl req`, `certs add`,
+//! `certs check`, rotation, and hot reload of the registry and the server certificate.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+const BIN: &str = env!("CARGO_BIN_EXE_obm-gate");
+const WAIT: Duration = Duration::from_secs(5);
+/// What Salesforce's "Create CA-Signed Certificate" puts in a CSR's subject.
+const SF_SUBJECT: &str = "/CN=obm_client_cert/O=Acme Inc/L=San Francisco/ST=California/C=US";
+
+/// Runs the binary in `dir` with a config that points at `dir`'s certs.
+fn obm(dir: &Path, args: &[&str]) -> Output {
+    let config = dir.join("obm-gate.toml");
+    if !config.exists() {
+        std::fs::write(
+            &config,
+            "[registry]\ndirectory = \"orgs\"\n[ca]\ndirectory = \"ca\"\n[tls]\ncertificate = \"server/server.pem\"\nprivate_key = \"server/server.key\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("orgs")).unwrap();
+    }
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .args(&args[..args.len().min(2)])
+        .args(["--config", "obm-gate.toml"]);
+    cmd.args(&args[args.len().min(2)..]);
+    cmd.output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `openssl req -new`: an RSA-2048 key and a CSR with a Salesforce-like subject.
+fn openssl_csr(dir: &Path, name: &str, extra: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", SF_SUBJECT,
+        ])
+        .args([
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ])
+        .args(extra)
+        .output()
+        .expect("openssl must be installed (.ci/run installs it)");
+    assert!(out.status.success(), "openssl: {}", text(&out));
+}
+
+fn parse_leaf(pem: &str) -> (bool, bool, Vec<String>) {
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).unwrap();
+    let client_auth = cert
+        .extended_key_usage()
+        .unwrap()
+        .map(|e| e.value.client_auth && !e.value.server_auth);
+    let sans = cert
+        .subject_alternative_name()
+        .unwrap()
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .map(|g| g.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    (cert.is_ca(), client_auth == Some(true), sans)
+}
+
+#[tokio::test]
+async fn a_salesforce_csr_is_signed_registered_and_acknowledged() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let out = obm(dir, &["ca", "init"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::metadata(dir.join("ca/ca.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let again = obm(dir, &["ca", "init"]);
+    assert!(
+        !again.status.success() && text(&again).contains("refusing to overwrite"),
+        "{}",
+        text(&again)
+    );
+
+    openssl_csr(dir, "sf", &[]);
+    let out = obm(
+        dir,
+        &[
+            "ca",
+            "sign",
+            "--org",
+            ORG_A15,
+            "sf.csr",
+            "--out",
+            "signed.pem",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = text(&out);
+    assert!(
+        printed.contains("fingerprint")
+            && printed.contains("expires")
+            && printed.contains("O=Acme Inc"),
+        "{printed}"
+    );
+
+    // The PEM for Salesforce holds the leaf, then the CA.
+    let signed = std::fs::read_to_string(dir.join("signed.pem")).unwrap();
+    assert_eq!(signed.matches("BEGIN CERTIFICATE").count(), 2);
+    let (is_ca, client_auth_only, sans) = parse_leaf(&signed);
+    assert!(
+        !is_ca && client_auth_only,
+        "must be a clientAuth end entity"
+    );
+    assert_eq!(sans, vec![format!("URI(urn:obm-gate:org:{ORG_A})")]);
+
+    // A real TLS client presenting the signed certificate (with its openssl key) is acknowledged.
+    let server = TestServer::start_with(|c, _| {
+        c.registry.directory = dir.join("orgs");
+        c.ca.directory = dir.join("ca");
+    })
+    .await;
+    let id = Identity {
+        cert_pem: signed.clone(),
+        key_pem: std::fs::read_to_string(dir.join("sf.key")).unwrap(),
+        der: CertificateDer::pem_slice_iter(signed.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap(),
+        chain_pem: signed.clone(),
+    };
+    let reply = server
+        .client(Some(&id))
+        .post(&message(ORG_A, &[nid(1)]))
+        .await
+        .unwrap();
+    assert!(reply.is_ack(), "{reply:?}");
+    // `certs check` agrees.
+    std::fs::write(dir.join("leaf.pem"), &signed).unwrap();
+    let out = obm(dir, &["certs", "check", "--org", ORG_A, "leaf.pem"]);
+    assert!(
+        out.status.success() && text(&out).contains("verifies to a configured CA"),
+        "{}",
+        text(&out)
+    );
+    server.stop().await;
+}
+
+#[test]
+fn csrs_cannot_choose_what_they_get() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    assert!(obm(dir, &["ca", "init"]).status.success());
+
+    // A CSR that asks for CA:TRUE still yields an end-entity certificate.
+    openssl_csr(
+        dir,
+        "wants-ca",
+        &["-addext", "basicConstraints=critical,CA:TRUE"],
+    );
+    let out = obm(
+        dir,
+        &[
+            "ca",
+            "sign",
+            "--org",
+            ORG_B,
+            "wants-ca.csr",
+            "--out",
+            "ca-req.pem",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let (is_ca, client_auth_only, _) =
+        parse_leaf(&std::fs::read_to_string(dir.join("ca-req.pem")).unwrap());
+    assert!(!is_ca && client_auth_only);
+
+    // A CSR whose signature is broken is refused.
+    openssl_csr(dir, "broken", &[]);
+    let pem = std::fs::read(dir.join("broken.csr")).unwrap();
+    let mut der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(&pem)
+        .unwrap()
+        .as_ref()
+        .to_vec();
+    let last = der.len() - 10;
+    der[last] ^= 0xff; // inside the signature
+    std::fs::write(
+        dir.join("broken.csr"),
+        pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der)),
+    )
+    .unwrap();
+    let out = obm(dir, &["ca", "sign", "--org", ORG_B, "broken.csr"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("signature does not verify"),
+        "{}",
+        text(&out)
+    );
+
+    // --days beyond the configured maximum is refused.
+    let out = obm(
+        dir,
+        &[
+            "ca",
+            "sign",
+            "--org",
+            ORG_B,
+            "wants-ca.csr",
+            "--days",
+            "5000",
+        ],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("max_days"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn certs_add_check_list_remove() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let write = |name: &str, id: &Identity| std::fs::write(dir.join(name), &id.cert_pem).unwrap();
+    let good = self_signed(Spec::new(Key::Rsa2048, "byo").ca_true());
+    let stranger = self_signed(Spec::new(Key::EcdsaP256, "stranger"));
+    let expired = self_signed(Spec::new(Key::EcdsaP256, "old").expired());
+    write("good.pem", &good);
+    write("stranger.pem", &stranger);
+    write("expired.pem", &expired);
+    std::fs::write(dir.join("key.pem"), &good.key_pem).unwrap();
+
+    let out = obm(dir, &["certs", "add", "--org", ORG_A15, "good.pem"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = obm(dir, &["certs", "add", "--org", ORG_A, "expired.pem"]);
+    assert!(
+        !out.status.success() && text(&out).contains("expired"),
+        "{}",
+        text(&out)
+    );
+    let out = obm(dir, &["certs", "add", "--org", ORG_A, "key.pem"]);
+    assert!(
+        !out.status.success() && text(&out).contains("private key"),
+        "{}",
+        text(&out)
+    );
+    let out = obm(dir, &["certs", "add", "--org", ORG_A, "good.pem"]);
+    assert!(
+        !out.status.success() && text(&out).contains("already registered"),
+        "{}",
+        text(&out)
+    );
+    // An expired certificate that is already in the registry (it was valid when added).
+    write_registered(&dir.join("orgs"), ORG_A, "old", &expired);
+
+    let verdicts = [
+        (
+            vec!["certs", "check", "--org", ORG_A, "good.pem"],
+            true,
+            "ACCEPT",
+        ),
+        (
+            vec!["certs", "check", "stranger.pem"],
+            false,
+            "registered: no",
+        ),
+        (vec!["certs", "check", "expired.pem"], false, "expired on"),
+        (
+            vec!["certs", "check", "--org", ORG_B, "good.pem"],
+            false,
+            "not registered for 00D1I000003qqqEUAQ",
+        ),
+    ];
+    for (args, ok, needle) in verdicts {
+        let out = obm(dir, &args);
+        assert_eq!(out.status.success(), ok, "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(needle), "{args:?}: {}", text(&out));
+    }
+
+    let out = obm(dir, &["certs", "list", "--json"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", text(&out));
+    assert!(lines.iter().all(|l| l["org_id"] == ORG_A));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fingerprint"] == good.fingerprint() && l["kind"] == "self-signed")
+    );
+    let out = obm(dir, &["certs", "list", "--expiring-within", "0"]);
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        listed.contains(&expired.fingerprint()) && !listed.contains(&good.fingerprint()),
+        "{listed}"
+    );
+
+    let out = obm(
+        dir,
+        &["certs", "remove", "--fingerprint", &good.fingerprint()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = obm(dir, &["certs", "check", "good.pem"]);
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn the_registry_reloads_while_serving() {
+    let server = TestServer::start().await;
+    let a = self_signed(Spec::new(Key::EcdsaP256, "a"));
+    let a2 = self_signed(Spec::new(Key::Rsa2048, "a rotated"));
+    let b = self_signed(Spec::new(Key::EcdsaP256, "b"));
+    let orgs = server.orgs_dir();
+
+    // Copied into the directory, without telling the server: accepted within 5 s.
+    let a_path = write_registered(&orgs, ORG_A, "a", &a);
+    write_registered(&orgs, ORG_B, "b", &b);
+    let client_a = server.client(Some(&a));
+    let client_b = server.client(Some(&b));
+    accepted_within(&client_a, ORG_A, 1).await;
+    accepted_within(&client_b, ORG_B, 2).await;
+
+    // Rotation: a second certificate for the same org works alongside the first.
+    write_registered(&orgs, ORG_A, "a2", &a2);
+    accepted_within(&server.client(Some(&a2)), ORG_A, 3).await;
+
+    // A malformed file leaves everyone else working.
+    std::fs::write(
+        orgs.join(ORG_B).join("broken.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    )
+    .unwrap();
+    std::fs::write(orgs.join(ORG_B).join("key.pem"), &b.key_pem).unwrap();
+    let mut open_a = client_a.connect().await.unwrap();
+    assert!(
+        open_a
+            .post(&message(ORG_A, &[nid(4)]))
+            .await
+            .unwrap()
+            .is_ack()
+    );
+    assert!(
+        client_b
+            .post(&message(ORG_B, &[nid(5)]))
+            .await
+            .unwrap()
+            .is_ack()
+    );
+
+    // Removed: refused within 5 s on a new connection and on the one already open.
+    std::fs::remove_file(&a_path).unwrap();
+    let mut n = 100;
+    eventually_async(
+        "removed certificate refused on the open connection",
+        async || {
+            n += 1;
+            open_a
+                .post(&message(ORG_A, &[nid(n)]))
+                .await
+                .map(|r| r.status == 403)
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    let fresh = server.client(Some(&a)); // no cached session: a full handshake
+    assert!(
+        fresh.post(&message(ORG_A, &[nid(200)])).await.is_err(),
+        "new handshakes must fail"
+    );
+    // A client that resumes its earlier session gets past TLS, but not past the request check.
+    let resumed = client_a.post(&message(ORG_A, &[nid(199)])).await.unwrap();
+    assert_eq!(resumed.status, 403, "{resumed:?}");
+    assert!(
+        server
+            .client(Some(&a2))
+            .post(&message(ORG_A, &[nid(201)]))
+            .await
+            .unwrap()
+            .is_ack()
+    );
+    // What was refused was not stored (what was acknowledged before the reload landed was).
+    let stored: Vec<String> = server
+        .stored()
+        .into_iter()
+        .map(|s| s.notification_id)
+        .collect();
+    for refused in [nid(n), nid(199), nid(200)] {
+        assert!(
+            !stored.contains(&refused),
+            "{refused} was refused but stored: {stored:?}"
+        );
+    }
+    server.stop().await;
+}
+
+async fn accepted_within(client: &Client, org: &str, id: usize) {
+    eventually_async("certificate accepted after being copied in", async || {
+        client
+            .post(&message(org, &[nid(id)]))
+            .await
+            .map(|r| r.is_ack())
+            .unwrap_or(false)
+    })
+    .await;
+}
+
+/// Retries an async check until it holds, for at most 5 s.
+async fn eventually_async(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let end = std::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(std::time::Instant::now() < end, "not within 5 s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_server_certificate_swapped_on_disk_is_served_to_new_connections() {
+    let server = TestServer::start().await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "a"));
+    server.register(ORG_A, "a", &id);
+    let mut old_conn = server.client(Some(&id)).connect().await.unwrap();
+
+    // A new certificate and key for localhost, written next to the old ones and renamed in.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "rotated server");
+    let cert = params.self_signed(&key).unwrap();
+    let server_dir = server.dir.path().join("server");
+    std::fs::write(server_dir.join("new.key"), key.serialize_pem()).unwrap();
+    std::fs::write(server_dir.join("new.pem"), cert.pem()).unwrap();
+    std::fs::rename(server_dir.join("new.key"), server_dir.join("server.key")).unwrap();
+    std::fs::rename(server_dir.join("new.pem"), server_dir.join("server.pem")).unwrap();
+
+    // A client that trusts only the new certificate gets through once it is picked up.
+    let trusting_new = Client::new(server.addr, cert.der(), Some(&id), None);
+    eventually_async("the new server certificate is served", async || {
+        trusting_new
+            .post(&message(ORG_A, &[nid(1)]))
+            .await
+            .map(|r| r.is_ack())
+            .unwrap_or(false)
+    })
+    .await;
+    // The connection made before the swap keeps working.
+    assert!(
+        old_conn
+            .post(&message(ORG_A, &[nid(2)]))
+            .await
+            .unwrap()
+            .is_ack()
+    );
+    // A broken replacement leaves the current certificate in place.
+    std::fs::write(server_dir.join("server.pem"), "garbage").unwrap();
+    server.state.registry.reload().unwrap();
+    obm_gate::reload::reload(&server.state, &server.server, "test");
+    assert!(
+        trusting_new
+            .post(&message(ORG_A, &[nid(3)]))
+            .await
+            .unwrap()
+            .is_ack()
+    );
+    server.stop().await;
+}
+
+use std::os::unix::fs::PermissionsExt;
