@@ -26,6 +26,13 @@ pub struct Config {
     pub log: Log,
     pub shutdown: Shutdown,
     pub ca: Ca,
+    pub admin: Admin,
+}
+
+/// The admin listener: `/healthz`, `/readyz`, `/metrics`, plain HTTP, never on the public port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    pub address: SocketAddr,
 }
 
 /// The operator's signing CA (`obm-gate ca init` / `ca sign`).
@@ -52,6 +59,9 @@ pub struct Listen {
     pub address: SocketAddr,
     /// The only path that accepts Outbound Messages.
     pub path: String,
+    /// Expect a PROXY protocol v1 or v2 header on every connection (behind an L4 load
+    /// balancer). When on, a connection without a valid header is refused.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +124,7 @@ impl Default for Config {
             listen: Listen {
                 address: SocketAddr::from(([0, 0, 0, 0], 8443)),
                 path: "/obm".into(),
+                proxy_protocol: false,
             },
             tls: Tls {
                 certificate: "certs/server/server.pem".into(),
@@ -146,6 +157,9 @@ impl Default for Config {
                 directory: "certs/ca".into(),
                 default_days: 365,
                 max_days: 825,
+            },
+            admin: Admin {
+                address: SocketAddr::from(([127, 0, 0, 1], 9090)),
             },
         }
     }
@@ -197,6 +211,7 @@ pub fn parse(toml_text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
         listen: Listen {
             address: r.get("listen", "address", d.listen.address),
             path: r.get("listen", "path", d.listen.path),
+            proxy_protocol: r.get("listen", "proxy_protocol", d.listen.proxy_protocol),
         },
         tls: Tls {
             certificate: r.get("tls", "certificate", d.tls.certificate),
@@ -241,6 +256,9 @@ pub fn parse(toml_text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
             directory: r.get("ca", "directory", d.ca.directory),
             default_days: r.get("ca", "default_days", d.ca.default_days),
             max_days: r.get("ca", "max_days", d.ca.max_days),
+        },
+        admin: Admin {
+            address: r.get("admin", "address", d.admin.address),
         },
     };
     r.finish(&config)
@@ -345,6 +363,9 @@ impl<'e> Reader<'e> {
 /// Checks that go beyond a value's type.
 fn validate(c: &Config) -> Vec<String> {
     let mut errors = Vec::new();
+    if c.admin.address == c.listen.address && c.listen.address.port() != 0 {
+        errors.push("[admin] address: must differ from [listen] address".into());
+    }
     if !c.listen.path.starts_with('/') {
         errors.push(format!(
             "[listen] path: {:?} must start with '/'",
@@ -463,6 +484,20 @@ impl Value for usize {
     }
     fn from_env(s: &str) -> Result<Self, String> {
         u64::from_env(s).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
+    }
+}
+
+impl Value for bool {
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        v.as_bool()
+            .ok_or_else(|| format!("expected true or false, found {}", v.type_str()))
+    }
+    fn from_env(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            other => Err(format!("{other:?} is not true or false")),
+        }
     }
 }
 

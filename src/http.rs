@@ -32,6 +32,10 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
+    /// The mutual-TLS listener is accepting (for `/readyz`).
+    pub accepting: std::sync::atomic::AtomicBool,
+    /// Where the admin listener is bound, once it is.
+    pub admin_address: std::sync::OnceLock<SocketAddr>,
 }
 
 /// Hooks the connection gives the request path (the idle-timeout bookkeeping).
@@ -235,10 +239,16 @@ async fn process(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
+    let claims = authz::Claims {
+        org: &message.organization_id,
+        action_id: &message.action_id,
+        enterprise_url: message.enterprise_url.as_deref(),
+        source: conn.peer.ip(),
+    };
     authz::bind(
         &state.registry.snapshot(),
         &conn.identity.fingerprint,
-        &message.organization_id,
+        &claims,
         now,
     )?;
 

@@ -7,7 +7,7 @@
 //! The modules follow a message's path:
 //!
 //! - [`listener`]: accepting connections within the limits, the per-connection watchdog,
-//!   graceful shutdown.
+//!   graceful shutdown; [`proxy`]: the PROXY protocol header, when behind a load balancer.
 //! - [`tls`]: the handshake and client identity; the registry-backed certificate verifier.
 //!   The only module that knows rustls.
 //! - [`http`]: routing, body limits, the request pipeline and its SOAP answers.
@@ -15,12 +15,13 @@
 //! - [`authz`]: binding the message's org to the certificate, against the registry of now.
 //! - [`store`]: group-committed, deduplicated, durable storage. The only module that knows SQL.
 //!
-//! Around it: [`registry`] (certificates per org) and [`reload`] (watching it and the server
+//! Around it: [`admin`] (`/healthz`, `/readyz`, `/metrics`), [`registry`] (certificates per org) and [`reload`] (watching it and the server
 //! certificate), [`ca`] (certificates we create), [`checklist`] (`certs check`), [`config`],
 //! [`metrics`], [`ids`] (validated identifiers) and [`cli`].
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod authz;
 pub mod ca;
 pub mod checklist;
@@ -30,6 +31,7 @@ pub mod http;
 pub mod ids;
 pub mod listener;
 pub mod metrics;
+pub mod proxy;
 pub mod registry;
 pub mod reload;
 pub mod soap;
@@ -98,6 +100,8 @@ impl Server {
             registry,
             store,
             metrics,
+            accepting: std::sync::atomic::AtomicBool::new(false),
+            admin_address: std::sync::OnceLock::new(),
         });
         Ok(Server {
             state,
@@ -124,7 +128,22 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), StartError> {
         let grace = self.state.config.shutdown.grace_period;
+        let admin_address = self.state.config.admin.address;
+        let admin_listener = TcpListener::bind(admin_address).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot bind the admin listener {admin_address}: {e}"),
+            )
+        })?;
+        let admin_local = admin_listener.local_addr()?;
+        let _ = self.state.admin_address.set(admin_local);
+        tracing::info!(address = %admin_local, "admin listening (/healthz, /readyz, /metrics)");
         let stop_reload = tokio_util::sync::CancellationToken::new();
+        let admin = tokio::spawn(admin::run(
+            self.state.clone(),
+            admin_listener,
+            stop_reload.clone(),
+        ));
         let reloader = tokio::spawn(reload::run(
             self.state.clone(),
             self.server_cert.clone(),
@@ -134,6 +153,7 @@ impl Server {
         let served = listener::run(self.state, self.acceptor, listener, grace, shutdown).await;
         stop_reload.cancel();
         let _ = reloader.await;
+        let _ = admin.await;
         served?;
         Ok(())
     }

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Limits;
 use crate::http::{self, AppState, RequestHooks};
-use crate::tls;
+use crate::{proxy, tls};
 
 /// Largest request head (request line and headers). Salesforce sends a few hundred bytes.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -45,6 +45,9 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
+    state
+        .accepting
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     loop {
         // Past the connection limit, connections wait in the kernel's accept queue.
         let permit = tokio::select! {
@@ -76,6 +79,9 @@ pub async fn run(
         });
     }
     drop(listener);
+    state
+        .accepting
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         open = tracker.len(),
         grace_seconds = grace.as_secs_f64(),
@@ -105,13 +111,30 @@ impl Drop for OpenGuard {
 async fn connection(
     state: Arc<AppState>,
     acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    mut tcp: TcpStream,
+    mut peer: SocketAddr,
     stop: CancellationToken,
 ) {
     state.metrics.open_connections.inc();
     let _open = OpenGuard(state.clone());
     let limits = state.config.limits.clone();
+    if state.config.listen.proxy_protocol {
+        let read = tokio::time::timeout(limits.handshake_timeout, proxy::read_header(&mut tcp));
+        match read.await {
+            Ok(Ok(Some(client))) => peer = client,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                state.metrics.handshake("refused", "proxy_protocol");
+                tracing::warn!(peer = %peer, reason = "proxy_protocol", "connection refused: {e}");
+                return;
+            }
+            Err(_) => {
+                state.metrics.handshake("refused", "proxy_protocol");
+                tracing::warn!(peer = %peer, reason = "proxy_protocol", "connection refused: no PROXY header in time");
+                return;
+            }
+        }
+    }
     let handshake = tokio::select! {
         r = tls::accept(&acceptor, tcp, limits.handshake_timeout) => r,
         _ = stop.cancelled() => return,

@@ -15,6 +15,13 @@ pub struct HandshakeLabels {
     pub reason: &'static str,
 }
 
+/// Org and fingerprint, both from the registry.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    pub org: String,
+    pub fingerprint: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub status: u16,
@@ -34,6 +41,8 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Seconds per group commit (the fsync dominates).
     pub commit_latency: Histogram,
+    /// Seconds until each registered certificate expires (negative once expired).
+    pub certificate_expiry: Family<CertLabels, Gauge<i64>>,
 }
 
 impl Metrics {
@@ -47,6 +56,12 @@ impl Metrics {
         let ack_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let commit_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let certificate_expiry = Family::<CertLabels, Gauge<i64>>::default();
+        registry.register(
+            "certificate_expiry_seconds",
+            "Seconds until each registered client certificate expires",
+            certificate_expiry.clone(),
+        );
         registry.register(
             "handshakes",
             "TLS handshakes by outcome and refusal reason",
@@ -97,6 +112,22 @@ impl Metrics {
             ack_latency,
             batch_size,
             commit_latency,
+            certificate_expiry,
+        }
+    }
+
+    /// Replaces the certificate expiry series with the registry's current certificates.
+    pub fn set_certificates(&self, registry: &crate::registry::Snapshot, now: i64) {
+        self.certificate_expiry.clear();
+        for r in registry.iter() {
+            for org in &r.orgs {
+                self.certificate_expiry
+                    .get_or_create(&CertLabels {
+                        org: org.to_string(),
+                        fingerprint: r.cert.fingerprint.to_hex(),
+                    })
+                    .set(r.cert.not_after - now);
+            }
         }
     }
 

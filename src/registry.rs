@@ -14,7 +14,11 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::{self, PemObject, SectionKind};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::authz::{OrgPolicy, Policy};
 use crate::ids::{Fingerprint, OrgId};
+
+/// The optional per-org policy file, next to the org's certificates.
+pub const POLICY_FILE: &str = "policy.toml";
 
 /// A client certificate as the registry knows it.
 #[derive(Debug, Clone)]
@@ -148,6 +152,7 @@ pub struct Problem {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     by_fingerprint: HashMap<Fingerprint, Registered>,
+    policies: HashMap<OrgId, OrgPolicy>,
     pub problems: Vec<Problem>,
 }
 
@@ -158,6 +163,11 @@ impl Snapshot {
 
     pub fn len(&self) -> usize {
         self.by_fingerprint.len()
+    }
+
+    /// The org's policy, if it has a policy file.
+    pub fn policy(&self, org: &OrgId) -> Option<&OrgPolicy> {
+        self.policies.get(org)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -201,6 +211,30 @@ impl Snapshot {
     }
 
     fn read_org_dir(&mut self, org: OrgId, dir: &Path) {
+        let policy_path = dir.join(POLICY_FILE);
+        match std::fs::read_to_string(&policy_path) {
+            Ok(text) => {
+                let policy = match Policy::parse(&text) {
+                    Ok(p) => OrgPolicy::Rules(p),
+                    Err(e) => {
+                        self.problems.push(Problem {
+                            path: policy_path.clone(),
+                            reason: format!("invalid policy, the org's messages are refused: {e}"),
+                        });
+                        OrgPolicy::Broken(e)
+                    }
+                };
+                self.policies.insert(org, policy);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                self.problems.push(Problem {
+                    path: policy_path.clone(),
+                    reason: format!("unreadable policy, the org's messages are refused: {e}"),
+                });
+                self.policies.insert(org, OrgPolicy::Broken(e.to_string()));
+            }
+        }
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) => {

@@ -108,6 +108,8 @@ pub enum StoreError {
 
 enum Job {
     Commit(NewMessage, oneshot::Sender<Result<Committed, StoreError>>),
+    /// Can the writer take a write lock right now? Answered in turn with commits.
+    Probe(oneshot::Sender<Result<(), StoreError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -175,12 +177,14 @@ impl Store {
         }
     }
 
-    /// Checks that the store can take a write right now (a rolled-back write transaction).
-    pub fn probe_writable(&self) -> Result<(), StoreError> {
-        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE)
-            .map_err(|e| StoreError::Write(e.to_string()))?;
-        conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
-            .map_err(|e| StoreError::Write(e.to_string()))
+    /// Checks, through the writer itself, that the store can take a write right now.
+    pub async fn probe_writable(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Probe(tx))
+            .await
+            .map_err(|_| StoreError::Unavailable)?;
+        rx.await.map_err(|_| StoreError::Unavailable)?
     }
 }
 
@@ -229,6 +233,13 @@ impl Writer {
             while let Some(job) = next {
                 match job {
                     Job::Commit(m, reply) => batch.push((m, reply)),
+                    Job::Probe(reply) => {
+                        let r = self
+                            .conn
+                            .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+                            .map_err(|e| StoreError::Write(e.to_string()));
+                        let _ = reply.send(r);
+                    }
                     Job::Shutdown(done) => {
                         shutdown = Some(done);
                         break;

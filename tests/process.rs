@@ -21,6 +21,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_obm-gate");
 struct Proc {
     child: Child,
     addr: SocketAddr,
+    admin: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
@@ -48,18 +49,28 @@ impl Proc {
             });
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
+        let address_in = |line: &str| -> SocketAddr {
+            let a = line.split("address=").nth(1).unwrap();
+            a.split_whitespace().next().unwrap().parse().unwrap()
+        };
+        let (mut addr, mut admin) = (None, None);
+        while addr.is_none() || admin.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
-                .expect("obm-gate did not log 'listening'");
-            if line.contains("listening")
-                && let Some(a) = line.split("address=").nth(1)
-            {
-                break a.split_whitespace().next().unwrap().parse().unwrap();
+                .expect("obm-gate did not log its listening addresses");
+            if line.contains("admin listening") {
+                admin = Some(address_in(&line));
+            } else if line.contains("obm_gate::listener: listening") {
+                addr = Some(address_in(&line));
             }
-        };
-        Proc { child, addr, lines }
+        }
+        Proc {
+            child,
+            addr: addr.unwrap(),
+            admin: admin.unwrap(),
+            lines,
+        }
     }
 
     fn kill(mut self) {
@@ -82,7 +93,9 @@ fn workdir() -> tempfile::TempDir {
     let shipped =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/obm-gate.toml"))
             .unwrap();
-    let config = shipped.replace("address = \"0.0.0.0:8443\"", "address = \"127.0.0.1:0\"");
+    let config = shipped
+        .replace("address = \"0.0.0.0:8443\"", "address = \"127.0.0.1:0\"")
+        .replace("address = \"127.0.0.1:9090\"", "address = \"127.0.0.1:0\"");
     assert_ne!(
         config, shipped,
         "the shipped config should listen on 0.0.0.0:8443"

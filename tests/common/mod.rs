@@ -181,6 +181,7 @@ pub fn test_config(dir: &Path) -> Config {
     config.tls.private_key = dir.join("server/server.key");
     config.registry.directory = dir.join("orgs");
     config.store.path = dir.join("data/obm-gate.db");
+    config.admin.address = "127.0.0.1:0".parse().unwrap();
     config
 }
 
