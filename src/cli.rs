@@ -46,6 +46,37 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Send an Outbound Message like Salesforce does, to test a deployment. Exits 0 only on Ack true.
+    Send {
+        /// The endpoint, e.g. https://obm.example.com/obm
+        #[arg(long)]
+        url: String,
+        /// Client certificate: PEM (with --key) or PKCS#12 (.p12/.pfx).
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Password of a PKCS#12 file.
+        #[arg(
+            long,
+            default_value = "",
+            env = "OBM_GATE_SEND_PASSWORD",
+            hide_env_values = true
+        )]
+        password: String,
+        /// CA certificate(s) to trust for the server (default: the public web roots).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// A SOAP message to send.
+        #[arg(conflicts_with = "sample")]
+        file: Option<PathBuf>,
+        /// Send a built-in sample message for --org.
+        #[arg(long, requires = "org")]
+        sample: bool,
+        /// The org of the sample message.
+        #[arg(long)]
+        org: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -131,9 +162,21 @@ enum MessagesCommand {
         /// At most this many.
         #[arg(long)]
         limit: Option<usize>,
+        /// Only those received since: an RFC 3339 time (2026-11-23T10:00:00Z) or a duration ago (2h).
+        #[arg(long)]
+        since: Option<String>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+    },
+    /// Print one stored notification (every org's, unless --org is given).
+    Show {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        org: Option<String>,
+        /// The notification ID.
+        id: String,
     },
 }
 
@@ -167,9 +210,37 @@ pub fn main() -> ExitCode {
                     config,
                     org,
                     limit,
+                    since,
                     json,
                 },
-        } => messages_list(config.as_deref(), org.as_deref(), limit, json),
+        } => report(messages(
+            config.as_deref(),
+            org.as_deref(),
+            None,
+            limit,
+            since.as_deref(),
+            json,
+        )),
+        Command::Messages {
+            command: MessagesCommand::Show { config, org, id },
+        } => report(messages(
+            config.as_deref(),
+            org.as_deref(),
+            Some(id),
+            None,
+            None,
+            true,
+        )),
+        Command::Send {
+            url,
+            cert,
+            key,
+            password,
+            ca,
+            file,
+            sample,
+            org,
+        } => report(send(url, cert, key, password, ca, file, sample, org)),
         Command::Ca { command } => report(certificates::ca(command)),
         Command::Certs { command } => report(certificates::certs(command)),
     }
@@ -482,44 +553,49 @@ async fn shutdown_signal() {
     }
 }
 
-fn messages_list(
+/// `messages list` and `messages show`.
+fn messages(
     config_path: Option<&Path>,
     org: Option<&str>,
+    id: Option<String>,
     limit: Option<usize>,
+    since: Option<&str>,
     json: bool,
-) -> ExitCode {
-    let config = match load_config(config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("obm-gate: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let org = match org.map(OrgId::parse).transpose() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("obm-gate: --org: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+) -> Result<(), Failure> {
+    let config = load_config(config_path).map_err(Failure::usage)?;
+    let org = org
+        .map(OrgId::parse)
+        .transpose()
+        .map_err(|e| Failure::usage(format!("--org: {e}")))?;
+    let since = since.map(parse_since).transpose().map_err(Failure::usage)?;
     if !config.store.path.exists() {
-        eprintln!(
-            "obm-gate: no store at {} (nothing received yet, or a different [store] path)",
+        return Err(Failure::failed(format!(
+            "no store at {} (nothing received yet, or a different [store] path)",
             config.store.path.display()
-        );
-        return ExitCode::FAILURE;
+        )));
     }
-    let rows = match store::list(&config.store.path, &store::Filter { org, limit }) {
-        Ok(rows) => rows,
-        Err(e) => {
-            eprintln!("obm-gate: {e}");
-            return ExitCode::FAILURE;
-        }
+    let show = id.is_some();
+    let filter = store::Filter {
+        org,
+        limit,
+        since,
+        notification_id: id.clone(),
     };
+    let rows = store::list(&config.store.path, &filter).map_err(Failure::failed)?;
+    if show && rows.is_empty() {
+        return Err(Failure::failed(format!(
+            "no stored notification with ID {}",
+            id.unwrap_or_default()
+        )));
+    }
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     for row in rows {
-        let line = if json {
+        let line = if show {
+            serde_json::to_string_pretty(&row).unwrap_or_default()
+        } else if json {
+            let mut row = row;
+            row.peer_addr.clear(); // the documented keys only
             serde_json::to_string(&row).unwrap_or_default()
         } else {
             format!(
@@ -536,5 +612,74 @@ fn messages_list(
             break;
         }
     }
-    ExitCode::SUCCESS
+    Ok(())
+}
+
+/// An RFC 3339 time, or a duration before now ("2h", "30m").
+fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    let ago = humantime::parse_duration(s).map_err(|_| {
+        format!("--since: {s:?} is neither an RFC 3339 time nor a duration such as 2h")
+    })?;
+    Ok(std::time::SystemTime::now() - ago)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send(
+    url: String,
+    cert: PathBuf,
+    key: Option<PathBuf>,
+    password: String,
+    ca: Option<PathBuf>,
+    file: Option<PathBuf>,
+    sample: bool,
+    org: Option<String>,
+) -> Result<(), Failure> {
+    let body = match (file, sample) {
+        (Some(path), _) => std::fs::read(&path)
+            .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?,
+        (None, true) => {
+            let org = OrgId::parse(org.as_deref().unwrap_or_default())
+                .map_err(|e| Failure::usage(format!("--org: {e}")))?;
+            let id = format!("04l{:015}", now_secs());
+            crate::soap::sample_message(&org, &id).into_bytes()
+        }
+        (None, false) => return Err(Failure::usage("give a message FILE or --sample --org ORG")),
+    };
+    let runtime = tokio::runtime::Runtime::new().map_err(Failure::failed)?;
+    let options = crate::send::Options {
+        url,
+        cert,
+        key,
+        password,
+        ca,
+        body,
+        timeout: std::time::Duration::from_secs(60),
+    };
+    let report = runtime
+        .block_on(crate::send::send(options))
+        .map_err(Failure::failed)?;
+    println!("HTTP {}", report.status);
+    println!("TLS {} {}", report.protocol, report.cipher);
+    match &report.reply {
+        crate::soap::Reply::Ack(true) => {
+            println!("Ack: true");
+            Ok(())
+        }
+        crate::soap::Reply::Ack(false) => {
+            Err(Failure::failed("Ack: false (Salesforce would retry)"))
+        }
+        crate::soap::Reply::Fault { code, string } => {
+            println!("fault: {code}: {string}");
+            Err(Failure::failed("the receiver answered with a fault"))
+        }
+        crate::soap::Reply::Other => {
+            println!("{}", report.body.chars().take(2000).collect::<String>());
+            Err(Failure::failed(
+                "the answer is not SOAP (Salesforce would say: Content is not allowed in prolog)",
+            ))
+        }
+    }
 }

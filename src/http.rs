@@ -134,7 +134,13 @@ pub async fn handle(
     let state = &conn.state;
     let response = match result {
         Ok(()) => {
-            state.metrics.request(200, "ack");
+            // A message whose notifications were all stored before is still acknowledged.
+            let outcome = if seen.stored == 0 && seen.duplicates > 0 {
+                "duplicate"
+            } else {
+                "ack"
+            };
+            state.metrics.request(200, outcome);
             tracing::info!(
                 peer = %conn.peer,
                 certificate = %conn.identity.fingerprint,
@@ -143,7 +149,7 @@ pub async fn handle(
                 notifications = seen.notifications,
                 stored = seen.stored,
                 duplicates = seen.duplicates,
-                outcome = "ack",
+                outcome,
                 status = 200,
                 duration_ms = started.elapsed().as_secs_f64() * 1000.0,
                 "request"

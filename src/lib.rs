@@ -17,7 +17,7 @@
 //!
 //! Around it: [`admin`] (`/healthz`, `/readyz`, `/metrics`), [`registry`] (certificates per org) and [`reload`] (watching it and the server
 //! certificate), [`ca`] (certificates we create), [`checklist`] (`certs check`), [`config`],
-//! [`metrics`], [`ids`] (validated identifiers) and [`cli`].
+//! [`metrics`], [`ids`] (validated identifiers), [`send`] (a Salesforce-like sender) and [`cli`].
 
 #![forbid(unsafe_code)]
 
@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod registry;
 pub mod reload;
+pub mod send;
 pub mod soap;
 pub mod store;
 pub mod tls;

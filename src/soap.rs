@@ -62,6 +62,91 @@ pub fn fault(code: FaultCode, faultstring: &str) -> String {
     )
 }
 
+/// A sample Outbound Message for `org`, shaped like the real captures (for `obm-gate send`).
+pub fn sample_message(org: &OrgId, notification_id: &str) -> String {
+    format!(
+        concat!(
+            r#"<?xml version="1.0" encoding="UTF-8"?>"#,
+            r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">"#,
+            r#"<soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound">"#,
+            r#"<OrganizationId>{org}</OrganizationId><ActionId>04kxx00000000blCAA</ActionId>"#,
+            r#"<SessionId xsi:nil="true"/>"#,
+            r#"<EnterpriseUrl>https://example.my.salesforce.com/services/Soap/c/60.0/{org15}</EnterpriseUrl>"#,
+            r#"<PartnerUrl>https://example.my.salesforce.com/services/Soap/u/60.0/{org15}</PartnerUrl>"#,
+            r#"<Notification><Id>{id}</Id>"#,
+            r#"<sObject xsi:type="sf:Account" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">"#,
+            r#"<sf:Id>001xx000003DGb4AAG</sf:Id><sf:Name>obm-gate send test</sf:Name>"#,
+            r#"</sObject></Notification></notifications></soapenv:Body></soapenv:Envelope>"#
+        ),
+        org = org,
+        org15 = &org.as_str()[..15],
+        id = notification_id
+    )
+}
+
+/// What a receiver answered, as a sender reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// A `notificationsResponse` with this `Ack` value.
+    Ack(bool),
+    Fault {
+        code: String,
+        string: String,
+    },
+    /// Not a SOAP answer Salesforce would understand.
+    Other,
+}
+
+/// Reads a receiver's answer: an acknowledgment, a fault, or something else.
+pub fn parse_reply(body: &[u8]) -> Reply {
+    let Ok(text) = std::str::from_utf8(body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)) else {
+        return Reply::Other;
+    };
+    let mut reader = NsReader::from_str(text);
+    let mut current: Option<(Ns, String)> = None;
+    let (mut ack, mut code, mut string) = (None, None, None);
+    loop {
+        match reader.read_resolved_event() {
+            Ok((r, Event::Start(e))) => {
+                current = Some((classify(&r), e.local_name().as_ref().to_owned()))
+            }
+            Ok((_, Event::Text(t))) => {
+                let value = t.xml10_content().trim().to_owned();
+                match current.as_ref().map(|(ns, n)| (*ns, n.as_str())) {
+                    Some((Ns::Outbound, "Ack")) => ack = Some(value == "true"),
+                    Some((_, "faultcode")) => code = Some(value),
+                    Some((_, "faultstring")) => {
+                        string = Some(
+                            quick_xml::escape::unescape(&value)
+                                .map(|v| v.into_owned())
+                                .unwrap_or(value),
+                        )
+                    }
+                    _ => {}
+                }
+            }
+            Ok((_, Event::GeneralRef(r))) => {
+                if let (Some((_, n)), Some(c)) = (current.as_ref(), resolve_predefined_entity(&r))
+                    && n == "faultstring"
+                {
+                    string.get_or_insert_with(String::new).push_str(c);
+                }
+            }
+            Ok((_, Event::End(_))) => current = None,
+            Ok((_, Event::Eof)) | Err(_) => break,
+            _ => {}
+        }
+    }
+    match (ack, string) {
+        (Some(a), _) => Reply::Ack(a),
+        (None, Some(s)) => Reply::Fault {
+            code: code.unwrap_or_default(),
+            string: s,
+        },
+        _ => Reply::Other,
+    }
+}
+
 /// One Outbound Message, borrowing from the request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message<'a> {

@@ -349,7 +349,7 @@ pub struct StoredNotification {
     pub fields: serde_json::Value,
     pub received_at: String,
     pub certificate_sha256: String,
-    #[serde(skip)]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub peer_addr: String,
 }
 
@@ -358,6 +358,10 @@ pub struct StoredNotification {
 pub struct Filter {
     pub org: Option<OrgId>,
     pub limit: Option<usize>,
+    /// Only notifications received at or after this time.
+    pub since: Option<SystemTime>,
+    /// Only this notification ID.
+    pub notification_id: Option<String>,
 }
 
 /// Reads stored notifications, oldest first, from a store file (read-only; works while the
@@ -385,30 +389,33 @@ pub fn list(path: &Path, filter: &Filter) -> Result<Vec<StoredNotification>, Sto
                     certificate_sha256, peer_addr
              FROM notifications
              WHERE (?1 IS NULL OR org_id = ?1)
+               AND (?3 IS NULL OR received_at >= ?3)
+               AND (?4 IS NULL OR notification_id = ?4)
              ORDER BY seq
              LIMIT ?2",
         )
         .map_err(read_err)?;
     let limit = filter.limit.map(|l| l as i64).unwrap_or(-1);
+    // Stored times are RFC 3339 with milliseconds, so they compare correctly as text.
+    let since = filter
+        .since
+        .map(|t| humantime::format_rfc3339_millis(t).to_string());
+    let org = filter.org.as_ref().map(OrgId::as_str);
     let rows = stmt
-        .query_map(
-            params![filter.org.as_ref().map(OrgId::as_str), limit],
-            |r| {
-                let fields: String = r.get(5)?;
-                Ok(StoredNotification {
-                    seq: r.get(0)?,
-                    org_id: r.get(1)?,
-                    action_id: r.get(2)?,
-                    notification_id: r.get(3)?,
-                    object_type: r.get(4)?,
-                    fields: serde_json::from_str(&fields)
-                        .unwrap_or(serde_json::Value::String(fields)),
-                    received_at: r.get(6)?,
-                    certificate_sha256: r.get(7)?,
-                    peer_addr: r.get(8)?,
-                })
-            },
-        )
+        .query_map(params![org, limit, since, filter.notification_id], |r| {
+            let fields: String = r.get(5)?;
+            Ok(StoredNotification {
+                seq: r.get(0)?,
+                org_id: r.get(1)?,
+                action_id: r.get(2)?,
+                notification_id: r.get(3)?,
+                object_type: r.get(4)?,
+                fields: serde_json::from_str(&fields).unwrap_or(serde_json::Value::String(fields)),
+                received_at: r.get(6)?,
+                certificate_sha256: r.get(7)?,
+                peer_addr: r.get(8)?,
+            })
+        })
         .map_err(read_err)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(read_err)
 }

@@ -214,6 +214,124 @@ pub fn check_chain(
     )
 }
 
+/// A client's certificate chain and key.
+pub struct ClientCredentials {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Loads client credentials: a PKCS#12 file (`.p12`/`.pfx`, with `password`), or a PEM
+/// certificate chain and a PEM key.
+pub fn load_client_credentials(
+    cert: &Path,
+    key: Option<&Path>,
+    password: &str,
+) -> Result<ClientCredentials, TlsError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| TlsError::Read {
+            path: p.to_owned(),
+            source: e,
+        })
+    };
+    let is_p12 = cert
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("p12") || e.eq_ignore_ascii_case("pfx"));
+    if is_p12 {
+        let store = p12_keystore::KeyStore::from_pkcs12(&read(cert)?, password, Default::default())
+            .map_err(|e| {
+                TlsError::Setup(format!("{}: cannot open PKCS#12: {e}", cert.display()))
+            })?;
+        let (_, entry) = store.private_key_chain().ok_or_else(|| TlsError::NoKey {
+            path: cert.to_owned(),
+            detail: "the PKCS#12 file holds no private key with a certificate".into(),
+        })?;
+        return Ok(ClientCredentials {
+            chain: entry
+                .certs()
+                .iter()
+                .map(|c| CertificateDer::from(c.as_der().to_vec()))
+                .collect(),
+            key: PrivateKeyDer::Pkcs8(entry.key().as_der().to_vec().into()),
+        });
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(cert)?)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert.to_owned(),
+        });
+    }
+    let key_path = key.ok_or_else(|| TlsError::NoKey {
+        path: cert.to_owned(),
+        detail: "a PEM certificate needs --key".into(),
+    })?;
+    let key = PrivateKeyDer::from_pem_slice(&read(key_path)?).map_err(|e| TlsError::NoKey {
+        path: key_path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    Ok(ClientCredentials { chain, key })
+}
+
+/// A TLS client configuration like Salesforce's sender: TLS 1.2/1.3, the client certificate,
+/// and either the given CA file or the public web roots to check the server.
+pub fn client_config(
+    creds: ClientCredentials,
+    ca: Option<&Path>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| TlsError::Read {
+                path: path.to_owned(),
+                source: e,
+            })?;
+            for der in CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok) {
+                roots.add(der).map_err(|e| TlsError::Ca {
+                    path: path.to_owned(),
+                    detail: e.to_string(),
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(creds.chain, creds.key)
+        .map_err(TlsError::Key)?;
+    Ok(Arc::new(config))
+}
+
+/// Connects and completes the handshake; returns the stream, the TLS version and the cipher.
+pub async fn connect(
+    config: Arc<rustls::ClientConfig>,
+    host: &str,
+    tcp: TcpStream,
+) -> io::Result<(
+    tokio_rustls::client::TlsStream<TcpStream>,
+    &'static str,
+    String,
+)> {
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    let conn = stream.get_ref().1;
+    let protocol = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "unknown",
+    };
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    Ok((stream, protocol, cipher))
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(aws_lc_rs::default_provider())
 }

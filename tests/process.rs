@@ -27,8 +27,13 @@ struct Proc {
 
 impl Proc {
     fn start(dir: &Path) -> Proc {
+        Self::start_with_env(dir, &[])
+    }
+
+    fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(BIN)
             .args(["serve", "--config", "obm-gate.toml"])
+            .envs(env.iter().copied())
             .current_dir(dir)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -50,6 +55,10 @@ impl Proc {
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         let address_in = |line: &str| -> SocketAddr {
+            if line.starts_with('{') {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                return v["address"].as_str().unwrap().parse().unwrap();
+            }
             let a = line.split("address=").nth(1).unwrap();
             a.split_whitespace().next().unwrap().parse().unwrap()
         };
@@ -61,7 +70,9 @@ impl Proc {
                 .expect("obm-gate did not log its listening addresses");
             if line.contains("admin listening") {
                 admin = Some(address_in(&line));
-            } else if line.contains("obm_gate::listener: listening") {
+            } else if line.contains("obm_gate::listener: listening")
+                || (line.contains("\"message\":\"listening\""))
+            {
                 addr = Some(address_in(&line));
             }
         }
@@ -76,6 +87,26 @@ impl Proc {
     fn kill(mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
+    }
+
+    /// Waits for the process to exit by itself and returns its status code.
+    fn wait_exit(mut self, within: Duration) -> Option<i32> {
+        let end = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < end, "the process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     fn logged(&self, needle: &str) -> bool {
@@ -177,6 +208,8 @@ async fn fresh_start_creates_a_dev_certificate_and_logs_refusals() {
         proc.logged("DEVELOPMENT SERVER CERTIFICATE"),
         "the dev certificate should be announced loudly"
     );
+    assert_eq!(http_get(proc.admin, "/healthz").await.0, 200);
+    assert_eq!(http_get(proc.admin, "/readyz").await.0, 200);
     let stranger = self_signed(Spec::new(Key::EcdsaP256, "stranger"));
     let client = Client::new(proc.addr, &server_cert(dir.path()), Some(&stranger), None);
     assert!(client.post(&message(ORG_A, &[nid(1)])).await.is_err());
@@ -280,14 +313,195 @@ async fn expiring_certificates_are_logged_and_sighup_reloads() {
     .await;
     assert!(!proc.logged(&format!("certificate={}", fine.fingerprint())));
 
-    let status = Command::new("kill")
-        .args(["-HUP", &proc.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    proc.signal("-HUP");
     eventually("reload on SIGHUP", Duration::from_secs(5), || {
         proc.logged("registry reloaded trigger=\"SIGHUP\"")
     })
     .await;
+    proc.kill();
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = workdir();
+    let id = self_signed(Spec::new(Key::EcdsaP256, "slow"));
+    write_registered(&dir.path().join("certs/orgs"), ORG_A, "slow", &id);
+    let proc = Proc::start(dir.path());
+    let client = Client::new(proc.addr, &server_cert(dir.path()), Some(&id), None);
+    let mut tls = client.connect_raw().await.unwrap();
+    let body = message(ORG_A, &[nid(77)]);
+    let head = format!(
+        "POST /obm HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\nSOAPAction: \"\"\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&body[..body.len() / 2]).await.unwrap();
+    tls.flush().await.unwrap();
+
+    proc.signal("-TERM");
+    eventually("shutdown begins", Duration::from_secs(5), || {
+        proc.logged("shutting down")
+    })
+    .await;
+    // The rest of the body arrives after the signal; the request still completes.
+    tls.write_all(&body[body.len() / 2..]).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with(obm_gate::soap::ACK), "{response}");
+    assert_eq!(proc.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(stored_ids(dir.path()).contains(&nid(77)));
+}
+
+#[tokio::test]
+async fn send_exits_0_on_ack_and_1_on_a_fault() {
+    let dir = workdir();
+    let id = self_signed(Spec::new(Key::Rsa2048, "sender"));
+    write_registered(&dir.path().join("certs/orgs"), ORG_A, "sender", &id);
+    std::fs::write(dir.path().join("c.pem"), &id.cert_pem).unwrap();
+    std::fs::write(dir.path().join("k.pem"), &id.key_pem).unwrap();
+    let p12 = Command::new("openssl")
+        .current_dir(dir.path())
+        .args([
+            "pkcs12",
+            "-export",
+            "-in",
+            "c.pem",
+            "-inkey",
+            "k.pem",
+            "-out",
+            "c.p12",
+            "-passout",
+            "pass:s3cret",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        p12.status.success(),
+        "{}",
+        String::from_utf8_lossy(&p12.stderr)
+    );
+    let proc = Proc::start(dir.path());
+    let url = format!("https://localhost:{}/obm", proc.addr.port());
+    let send = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["send", "--url", &url, "--ca", "certs/server/server.pem"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = send(&[
+        "--cert", "c.pem", "--key", "k.pem", "--sample", "--org", ORG_A15,
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("HTTP 200") && out.contains("Ack: true") && out.contains("TLS TLSv1.3 TLS13_"),
+        "{out}"
+    );
+
+    let (code, out) = send(&[
+        "--cert",
+        "c.p12",
+        "--password",
+        "s3cret",
+        "tests-fixture-unused.xml",
+    ]);
+    assert_eq!(code, Some(64), "a missing file is a usage error: {out}");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/obm/amplabs_account_null_field_omitted.xml"
+    );
+    let (code, out) = send(&["--cert", "c.p12", "--password", "s3cret", fixture]);
+    assert_eq!(code, Some(0), "PKCS#12: {out}");
+
+    let (code, out) = send(&[
+        "--cert", "c.pem", "--key", "k.pem", "--sample", "--org", ORG_B,
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("HTTP 403") && out.contains("fault: soapenv:Client: OrganizationId"),
+        "{out}"
+    );
+    proc.kill();
+}
+
+#[tokio::test]
+async fn json_request_logs_carry_the_fields_and_no_session_id() {
+    let dir = workdir();
+    let id = self_signed(Spec::new(Key::EcdsaP256, "json"));
+    write_registered(&dir.path().join("certs/orgs"), ORG_A, "json", &id);
+    let proc = Proc::start_with_env(dir.path(), &[("OBM_GATE_LOG_FORMAT", "json")]);
+    let client = Client::new(proc.addr, &server_cert(dir.path()), Some(&id), None);
+    let secret = "00Dxx0000001gPF!AQsAQSECRETSESSIONVALUE";
+    let body = String::from_utf8(message(ORG_A, &[nid(5)]))
+        .unwrap()
+        .replace(
+            r#"<SessionId xsi:nil="true"/>"#,
+            &format!("<SessionId>{secret}</SessionId>"),
+        );
+    assert!(client.post(body.as_bytes()).await.unwrap().is_ack());
+    eventually("request logged", Duration::from_secs(5), || {
+        proc.logged(r#""message":"request""#)
+    })
+    .await;
+    let lines = proc.lines.lock().unwrap().clone();
+    let line = lines
+        .iter()
+        .find(|l| l.contains(r#""message":"request""#))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert!(
+        v["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
+    assert_eq!(v["certificate"], id.fingerprint());
+    assert_eq!(v["org"], ORG_A);
+    assert_eq!(v["action"], "04kxx00000000blCAA");
+    assert_eq!(v["notifications"], 1);
+    assert_eq!(v["outcome"], "ack");
+    assert!(v["duration_ms"].as_f64().is_some(), "{line}");
+    assert!(
+        lines.iter().all(|l| !l.contains("SECRETSESSION")),
+        "a session ID was logged"
+    );
+
+    // messages show and list --since / --limit.
+    let show = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["messages", "show", "--config", "obm-gate.toml", &nid(5)])
+        .output()
+        .unwrap();
+    assert!(show.status.success());
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(shown["org_id"], ORG_A);
+    assert!(!String::from_utf8_lossy(&show.stdout).contains("SECRETSESSION"));
+    let list = |since: &str| {
+        let out = Command::new(BIN)
+            .current_dir(dir.path())
+            .args([
+                "messages",
+                "list",
+                "--config",
+                "obm-gate.toml",
+                "--since",
+                since,
+                "--limit",
+                "5",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert_eq!(list("1h"), 1);
+    assert_eq!(list("2999-01-01T00:00:00Z"), 0);
     proc.kill();
 }

@@ -214,6 +214,12 @@ impl TestServer {
                 .await
                 .unwrap();
         });
+        // Serving has begun once the admin listener is bound.
+        let admin = state.clone();
+        eventually("server running", Duration::from_secs(5), || {
+            admin.admin_address.get().is_some()
+        })
+        .await;
         TestServer {
             addr,
             state,
@@ -267,6 +273,8 @@ pub fn write_registered(orgs: &Path, org: &str, name: &str, id: &Identity) -> Pa
 pub struct Client {
     addr: SocketAddr,
     config: Arc<ClientConfig>,
+    /// Bytes written before the TLS handshake (a PROXY protocol header).
+    prefix: Vec<u8>,
 }
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -303,6 +311,15 @@ impl Client {
         Client {
             addr,
             config: Arc::new(config),
+            prefix: Vec::new(),
+        }
+    }
+
+    /// The same client, sending `prefix` on each connection before TLS.
+    pub fn with_prefix(&self, prefix: &[u8]) -> Client {
+        Client {
+            prefix: prefix.to_vec(),
+            ..self.clone()
         }
     }
 
@@ -310,7 +327,11 @@ impl Client {
     pub async fn connect_raw(
         &self,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BoxError> {
-        let tcp = TcpStream::connect(self.addr).await?;
+        let mut tcp = TcpStream::connect(self.addr).await?;
+        if !self.prefix.is_empty() {
+            use tokio::io::AsyncWriteExt;
+            tcp.write_all(&self.prefix).await?;
+        }
         let connector = tokio_rustls::TlsConnector::from(self.config.clone());
         Ok(connector
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -430,4 +451,43 @@ pub async fn eventually(what: &str, deadline: Duration, mut cond: impl FnMut() -
         assert!(Instant::now() < end, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// GET on the admin listener; returns the status and body.
+pub async fn admin_get(state: &AppState, path: &str) -> (u16, String) {
+    http_get(
+        *state.admin_address.get().expect("admin listener bound"),
+        path,
+    )
+    .await
+}
+
+/// A plain HTTP/1.1 GET; returns the status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample line in a Prometheus text exposition (0 if absent).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
 }
