@@ -59,6 +59,8 @@ pub enum Rejection {
     NotFound { path: String, expected: String },
     #[error("method {0} is not allowed; Outbound Messages are sent with POST")]
     MethodNotAllowed(Method),
+    #[error("{0:?} is not supported; Outbound Messages are sent with HTTP/1.1")]
+    HttpVersion(hyper::Version),
     #[error("Content-Encoding {0} is not supported; send the SOAP body uncompressed")]
     UnsupportedEncoding(String),
     #[error("the body is larger than the limit of {limit} bytes")]
@@ -83,7 +85,9 @@ impl Rejection {
             Rejection::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Rejection::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Rejection::BodyRead(_) | Rejection::Soap(_) => StatusCode::BAD_REQUEST,
+            Rejection::BodyRead(_) | Rejection::Soap(_) | Rejection::HttpVersion(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Rejection::Authz(_) => StatusCode::FORBIDDEN,
             Rejection::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -94,6 +98,7 @@ impl Rejection {
             Rejection::NotFound { .. } => "not_found",
             Rejection::MethodNotAllowed(_) => "method_not_allowed",
             Rejection::UnsupportedEncoding(_) => "unsupported_encoding",
+            Rejection::HttpVersion(_) => "http_version",
             Rejection::TooLarge { .. } => "too_large",
             Rejection::BodyTimeout(_) => "body_timeout",
             Rejection::BodyRead(_) => "body_read",
@@ -202,6 +207,9 @@ async fn process(
     }
     if req.method() != Method::POST {
         return Err(Rejection::MethodNotAllowed(req.method().clone()));
+    }
+    if req.version() != hyper::Version::HTTP_11 {
+        return Err(Rejection::HttpVersion(req.version()));
     }
     if let Some(enc) = req.headers().get(CONTENT_ENCODING) {
         let enc = enc.to_str().unwrap_or("(not text)").trim();
