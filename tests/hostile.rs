@@ -74,7 +74,12 @@ fn head(method: &str, version: &str, extra: &str, len: Option<usize>) -> String 
     )
 }
 
-fn post(body: &[u8]) -> (String, Vec<u8>) {
+/// A request head and body.
+type Wire = (String, Vec<u8>);
+/// A name, what is sent, the expected status, and what the faultstring must say.
+type Case = (&'static str, Wire, u16, &'static str);
+
+fn post(body: &[u8]) -> Wire {
     (
         head("POST", "HTTP/1.1", "", Some(body.len())),
         body.to_vec(),
@@ -116,7 +121,7 @@ async fn hostile_bodies_get_precise_faults_and_nothing_is_stored() {
     let mut invalid_utf8 = valid.clone().into_bytes();
     invalid_utf8[300] = 0xff;
 
-    let cases: Vec<(&str, (String, Vec<u8>), u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "XXE external entity",
             post(br#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>"#),
