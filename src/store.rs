@@ -27,7 +27,8 @@ const QUEUE_CAPACITY: usize = 4096;
 const MAX_BATCH_MESSAGES: usize = 512;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE notifications (
         seq                INTEGER PRIMARY KEY,
         org_id             TEXT NOT NULL,
@@ -41,7 +42,12 @@ const MIGRATIONS: &[&str] = &[r#"
         UNIQUE (org_id, notification_id)
     );
     CREATE INDEX notifications_received ON notifications (received_at);
-"#];
+"#,
+    r#"
+    -- One row, rewritten by the readiness probe: proof that a commit reaches the disk.
+    CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), probed_at TEXT NOT NULL);
+"#,
+];
 
 /// One notification, ready to store.
 #[derive(Debug, Clone)]
@@ -108,7 +114,7 @@ pub enum StoreError {
 
 enum Job {
     Commit(NewMessage, oneshot::Sender<Result<Committed, StoreError>>),
-    /// Can the writer take a write lock right now? Answered in turn with commits.
+    /// Can the writer commit right now? Answered in turn with commits.
     Probe(oneshot::Sender<Result<(), StoreError>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -177,7 +183,7 @@ impl Store {
         }
     }
 
-    /// Checks, through the writer itself, that the store can take a write right now.
+    /// Checks, through the writer itself, that a commit reaches the disk right now.
     pub async fn probe_writable(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.jobs
@@ -234,11 +240,7 @@ impl Writer {
                 match job {
                     Job::Commit(m, reply) => batch.push((m, reply)),
                     Job::Probe(reply) => {
-                        let r = self
-                            .conn
-                            .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
-                            .map_err(|e| StoreError::Write(e.to_string()));
-                        let _ = reply.send(r);
+                        let _ = reply.send(self.probe());
                     }
                     Job::Shutdown(done) => {
                         shutdown = Some(done);
@@ -259,6 +261,22 @@ impl Writer {
             tracing::info!("store writer flushed and stopped");
             let _ = done.send(());
         }
+    }
+
+    /// Commits one small row: a full disk or a read-only file fails here as a message would.
+    fn probe(&mut self) -> Result<(), StoreError> {
+        let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::Write(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO health (id, probed_at) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
+            params![now],
+        )
+        .map_err(|e| StoreError::Write(e.to_string()))?;
+        tx.commit().map_err(|e| StoreError::Write(e.to_string()))
     }
 
     fn commit_batch(

@@ -226,15 +226,34 @@ async fn fresh_start_creates_a_dev_certificate_and_logs_refusals() {
     proc.kill();
 }
 
+/// A small deterministic generator for the kill moments; the seed is printed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
 #[tokio::test]
 async fn every_acknowledged_notification_survives_sigkill() {
+    const CYCLES: usize = 20;
     let dir = workdir();
     let id = self_signed(Spec::new(Key::Rsa2048, "sender"));
     write_registered(&dir.path().join("certs/orgs"), ORG_A, "sender", &id);
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let mut next_id = 0usize;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("kill-moment seed {seed}");
+    let mut rng = XorShift(seed);
 
-    for cycle in 0..3 {
+    for cycle in 0..CYCLES {
         let proc = Proc::start(dir.path());
         let client = Client::new(proc.addr, &server_cert(dir.path()), Some(&id), None);
         // Eight concurrent senders stream messages of 1-3 notifications until the kill.
@@ -242,7 +261,7 @@ async fn every_acknowledged_notification_survives_sigkill() {
         for s in 0..8 {
             let client = client.clone();
             let acked = acked.clone();
-            let base = next_id + s * 100_000;
+            let base = cycle * 1_000_000 + s * 100_000;
             senders.push(tokio::spawn(async move {
                 let Ok(mut conn) = client.connect().await else {
                     return;
@@ -257,8 +276,8 @@ async fn every_acknowledged_notification_survives_sigkill() {
                 }
             }));
         }
-        next_id += 1_000_000;
-        let target = (cycle + 1) * 150;
+        // Kill at a random moment: after 1 to 300 more acknowledgments.
+        let target = acked.lock().unwrap().len() + 1 + rng.below(300) as usize;
         eventually(
             "acknowledgments before the kill",
             Duration::from_secs(30),
@@ -276,7 +295,7 @@ async fn every_acknowledged_notification_survives_sigkill() {
     let acked: BTreeSet<String> = acked.lock().unwrap().iter().cloned().collect();
     let lost: Vec<_> = acked.difference(&stored).collect();
     println!(
-        "acknowledged {} notifications over 3 SIGKILLs; {} stored",
+        "acknowledged {} notifications over {CYCLES} SIGKILLs; {} stored",
         acked.len(),
         stored.len()
     );
