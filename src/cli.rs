@@ -507,7 +507,7 @@ fn serve(config_path: Option<&Path>) -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
         let address = config.listen.address;
-        let server = crate::Server::start(config)?;
+        let server = crate::Server::start(config).await?;
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
@@ -568,12 +568,16 @@ fn messages(
         .transpose()
         .map_err(|e| Failure::usage(format!("--org: {e}")))?;
     let since = since.map(parse_since).transpose().map_err(Failure::usage)?;
-    if !config.store.path.exists() {
-        return Err(Failure::failed(format!(
-            "no store at {} (nothing received yet, or a different [store] path)",
-            config.store.path.display()
-        )));
-    }
+    let backend = match &config.store.url {
+        Some(url) => store::Backend::Postgres(url.clone()),
+        None if !config.store.path.exists() => {
+            return Err(Failure::failed(format!(
+                "no store at {} (nothing received yet, or a different [store] path)",
+                config.store.path.display()
+            )));
+        }
+        None => store::Backend::Sqlite(config.store.path.clone()),
+    };
     let show = id.is_some();
     let filter = store::Filter {
         org,
@@ -581,7 +585,13 @@ fn messages(
         since,
         notification_id: id.clone(),
     };
-    let rows = store::list(&config.store.path, &filter).map_err(Failure::failed)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::failed)?;
+    let rows = runtime
+        .block_on(store::list_backend(&backend, &filter))
+        .map_err(Failure::failed)?;
     if show && rows.is_empty() {
         return Err(Failure::failed(format!(
             "no stored notification with ID {}",

@@ -85,8 +85,10 @@ pub struct Registry {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Store {
-    /// The SQLite file.
+    /// The SQLite file (when `url` is not set).
     pub path: PathBuf,
+    /// A shared PostgreSQL instead of the SQLite file: `postgres://user@host/db`.
+    pub url: Option<String>,
 }
 
 /// Limits on everything a peer controls. Each default says why it has that value.
@@ -138,6 +140,7 @@ impl Default for Config {
             },
             store: Store {
                 path: "data/obm-gate.db".into(),
+                url: None,
             },
             limits: Limits {
                 header_read_timeout: Duration::from_secs(10),
@@ -233,6 +236,7 @@ pub fn parse(toml_text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
         },
         store: Store {
             path: r.get("store", "path", d.store.path),
+            url: r.get("store", "url", d.store.url),
         },
         limits: Limits {
             header_read_timeout: r.get(
@@ -389,6 +393,13 @@ fn validate(c: &Config) -> Vec<String> {
     if c.limits.max_connections == 0 {
         errors.push("[limits] max_connections: must be at least 1".into());
     }
+    if let Some(url) = &c.store.url
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        errors.push(
+            "[store] url: must be a postgres:// URL (leave it empty for the SQLite file)".into(),
+        );
+    }
     if c.ca.default_days == 0 || c.ca.default_days > c.ca.max_days {
         errors.push(format!(
             "[ca] default_days: {} must be between 1 and max_days ({})",
@@ -484,6 +495,17 @@ impl Value for usize {
     }
     fn from_env(s: &str) -> Result<Self, String> {
         u64::from_env(s).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
+    }
+}
+
+/// An optional string: `""` means unset.
+impl Value for Option<String> {
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        Self::from_env(expect_str(v)?)
+    }
+    fn from_env(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        Ok((!s.is_empty()).then(|| s.to_owned()))
     }
 }
 

@@ -74,7 +74,7 @@ pub struct Server {
 impl Server {
     /// Loads everything the configuration names. Creates a development server certificate
     /// if neither the certificate nor the key file exists.
-    pub fn start(config: Config) -> Result<Server, StartError> {
+    pub async fn start(config: Config) -> Result<Server, StartError> {
         let (cert, key) = (&config.tls.certificate, &config.tls.private_key);
         if ca::ensure_dev_server_certificate(cert, key)? {
             tracing::warn!(
@@ -95,7 +95,7 @@ impl Server {
             server_cert.clone(),
             &ca::chain_verified_cas(&config),
         )?;
-        let store = Arc::new(store::Store::open(&config.store.path, metrics.clone())?);
+        let store = Arc::new(store::Store::open(&config.store, metrics.clone()).await?);
         let state = Arc::new(http::AppState {
             config,
             registry,
@@ -166,5 +166,5 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    Server::start(config)?.run(listener, shutdown).await
+    Server::start(config).await?.run(listener, shutdown).await
 }

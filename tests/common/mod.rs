@@ -200,7 +200,7 @@ impl TestServer {
             .await
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = obm_gate::Server::start(config.clone()).unwrap();
+        let server = obm_gate::Server::start(config.clone()).await.unwrap();
         let state = server.state();
         let server_cert_handle = server.server_cert();
         let server_cert =

@@ -1,4 +1,4 @@
-//! The durable store. The only module that knows SQL.
+//! The embedded SQLite backend.
 //!
 //! One SQLite file in WAL mode with `synchronous=FULL`, so a commit returns only after the WAL is
 //! fsync'd. One writer thread owns the write connection and does **group commit**: it takes every
@@ -7,24 +7,19 @@
 //! the transaction holding its message has committed (or failed); that is what lets the request
 //! path acknowledge only what is durable. Deduplication is on (org, notification ID).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use serde::Serialize;
-use serde::ser::SerializeMap;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ids::{Fingerprint, OrgId};
+use super::{Committed, Filter, Job, NewMessage, StoreError, StoredNotification};
+use crate::ids::OrgId;
 use crate::metrics::Metrics;
 
-/// Messages waiting for the writer. When it is full, requests wait for room (back-pressure).
-const QUEUE_CAPACITY: usize = 4096;
-/// The most messages one transaction takes, to bound a transaction's size and latency
-/// (100 notifications each at most).
-const MAX_BATCH_MESSAGES: usize = 512;
+use super::MAX_BATCH_MESSAGES;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -49,149 +44,32 @@ const MIGRATIONS: &[&str] = &[
 "#,
 ];
 
-/// One notification, ready to store.
-#[derive(Debug, Clone)]
-pub struct NewNotification {
-    pub id: String,
-    pub object_type: String,
-    /// A JSON object of the fields, in document order.
-    pub fields_json: String,
-}
-
-impl NewNotification {
-    pub fn new<K: AsRef<str>, V: AsRef<str>>(
-        id: &str,
-        object_type: &str,
-        fields: &[(K, V)],
-    ) -> Self {
-        struct Fields<'f, K, V>(&'f [(K, V)]);
-        impl<K: AsRef<str>, V: AsRef<str>> Serialize for Fields<'_, K, V> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut map = s.serialize_map(Some(self.0.len()))?;
-                for (k, v) in self.0 {
-                    map.serialize_entry(k.as_ref(), v.as_ref())?;
-                }
-                map.end()
-            }
-        }
-        NewNotification {
-            id: id.to_owned(),
-            object_type: object_type.to_owned(),
-            // Serializing strings into a String cannot fail.
-            fields_json: serde_json::to_string(&Fields(fields)).unwrap_or_else(|_| "{}".into()),
-        }
-    }
-}
-
-/// One message's notifications, with where they came from.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub org: OrgId,
-    pub action_id: String,
-    pub certificate: Fingerprint,
-    pub peer: String,
-    pub notifications: Vec<NewNotification>,
-}
-
-/// What a commit did with a message's notifications.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Committed {
-    pub stored: usize,
-    pub duplicates: usize,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot open the store {}: {detail}", path.display())]
-    Open { path: PathBuf, detail: String },
-    #[error("the store could not commit the message: {0}")]
-    Write(String),
-    #[error("the store is shut down")]
-    Unavailable,
-    #[error("cannot read the store: {0}")]
-    Read(String),
-}
-
-enum Job {
-    Commit(NewMessage, oneshot::Sender<Result<Committed, StoreError>>),
-    /// Can the writer commit right now? Answered in turn with commits.
-    Probe(oneshot::Sender<Result<(), StoreError>>),
-    Shutdown(oneshot::Sender<()>),
-}
-
-/// Handle to the store; cheap to share behind an `Arc`.
-pub struct Store {
-    path: PathBuf,
-    jobs: mpsc::Sender<Job>,
+/// Opens (creating if needed) the SQLite file, migrates the schema and starts the writer thread,
+/// which takes jobs from `rx` until a shutdown job or until every sender is gone.
+pub(crate) fn start(
+    path: &Path,
+    metrics: Arc<Metrics>,
     commits: Arc<AtomicU64>,
-}
-
-impl Store {
-    /// Opens (creating if needed) the SQLite file, migrates the schema and starts the writer.
-    pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
-        let open_err = |detail: String| StoreError::Open {
-            path: path.to_owned(),
-            detail,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        }
-        let conn = open_writer(path).map_err(|e| open_err(e.to_string()))?;
-        let (jobs, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let commits = Arc::new(AtomicU64::new(0));
-        let writer = Writer {
-            conn,
-            metrics,
-            commits: commits.clone(),
-        };
-        std::thread::Builder::new()
-            .name("obm-store-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| open_err(e.to_string()))?;
-        Ok(Store {
-            path: path.to_owned(),
-            jobs,
-            commits,
-        })
+    rx: mpsc::Receiver<Job>,
+) -> Result<(), StoreError> {
+    let open_err = |detail: String| StoreError::Open {
+        path: path.to_owned(),
+        detail,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Stores a message's notifications durably. Resolves after the commit (and its fsync).
-    pub async fn commit(&self, message: NewMessage) -> Result<Committed, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send(Job::Commit(message, tx))
-            .await
-            .map_err(|_| StoreError::Unavailable)?;
-        rx.await.map_err(|_| StoreError::Unavailable)?
-    }
-
-    /// How many transactions (and so fsyncs) the writer has committed.
-    pub fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
-    }
-
-    /// Writes everything queued before this call, then stops the writer. Later commits fail
-    /// with [`StoreError::Unavailable`].
-    pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.jobs.send(Job::Shutdown(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
-
-    /// Checks, through the writer itself, that a commit reaches the disk right now.
-    pub async fn probe_writable(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send(Job::Probe(tx))
-            .await
-            .map_err(|_| StoreError::Unavailable)?;
-        rx.await.map_err(|_| StoreError::Unavailable)?
-    }
+    let conn = open_writer(path).map_err(|e| open_err(e.to_string()))?;
+    let writer = Writer {
+        conn,
+        metrics,
+        commits,
+    };
+    std::thread::Builder::new()
+        .name("obm-store-writer".into())
+        .spawn(move || writer.run(rx))
+        .map_err(|e| open_err(e.to_string()))?;
+    Ok(())
 }
 
 fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
@@ -353,33 +231,6 @@ fn write<'m>(
     }
     tx.commit()?;
     Ok(outcomes)
-}
-
-/// A stored notification, as `messages list --json` prints it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct StoredNotification {
-    #[serde(skip)]
-    pub seq: i64,
-    pub org_id: String,
-    pub action_id: String,
-    pub notification_id: String,
-    pub object_type: String,
-    pub fields: serde_json::Value,
-    pub received_at: String,
-    pub certificate_sha256: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub peer_addr: String,
-}
-
-/// What to list.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    pub org: Option<OrgId>,
-    pub limit: Option<usize>,
-    /// Only notifications received at or after this time.
-    pub since: Option<SystemTime>,
-    /// Only this notification ID.
-    pub notification_id: Option<String>,
 }
 
 /// Reads stored notifications, oldest first, from a store file (read-only; works while the
