@@ -2,6 +2,8 @@
 //! TLS + HTTP/1.1 client.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

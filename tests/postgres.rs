@@ -1,0 +1,217 @@
+//! The PostgreSQL backend against the real server on 127.0.0.1:5432 (database `test`, trust
+//! auth; `.ci/run` starts it). Each test works in a schema of its own. A TCP proxy in front of
+//! the database lets a test make it unreachable without stopping the shared server.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::process::*;
+use common::*;
+use tokio::net::{TcpListener, TcpStream};
+
+const PG: &str = "127.0.0.1:5432";
+
+/// A fresh schema; returns the URL that works in it.
+async fn schema(via: &str) -> String {
+    let name = format!(
+        "obm_t_{}",
+        std::process::id() as u64 * 1_000_000 + rand_suffix()
+    );
+    let base = format!("postgres://root@{PG}/test");
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (.ci/run starts it)");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE SCHEMA {name}"))
+        .await
+        .unwrap();
+    format!("postgres://root@{via}/test?options=-c%20search_path%3D{name}")
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        % 1_000_000
+}
+
+/// Forwards TCP to PostgreSQL while up; while down, cuts every connection and refuses new ones.
+struct Proxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (u, c) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !u.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                c.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(PG).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                }));
+            }
+        });
+        Proxy { addr, up, conns }
+    }
+
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_acks_dedupes_group_commits_and_survives_an_outage() {
+    let proxy = Proxy::start().await;
+    let url = schema(&proxy.addr.to_string()).await;
+    let server = TestServer::start_with(|c, _| c.store.url = Some(url.clone())).await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "pg"));
+    server.register(ORG_A, "pg", &id);
+    let client = server.client(Some(&id));
+    let filter = obm_gate::store::Filter::default();
+
+    // Ack and dedupe.
+    assert!(
+        client
+            .post(&message(ORG_A, &[nid(1), nid(2)]))
+            .await
+            .unwrap()
+            .is_ack()
+    );
+    assert!(
+        client
+            .post(&message(ORG_A15, &[nid(1)]))
+            .await
+            .unwrap()
+            .is_ack()
+    );
+    let stored = server.state.store.list(&filter).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].fields["LastName"], "Black");
+    assert_eq!(server.state.metrics.notifications_duplicate.get(), 1);
+
+    // Group commit: 200 senders over 20 connections share transactions.
+    let before = server.state.store.commits();
+    let mut tasks = Vec::new();
+    for c in 0..20 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = client.connect().await.unwrap();
+            for m in 0..10 {
+                assert!(
+                    conn.post(&message(ORG_A, &[nid(100 + c * 10 + m)]))
+                        .await
+                        .unwrap()
+                        .is_ack()
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let commits = server.state.store.commits() - before;
+    println!("PostgreSQL: 200 messages in {commits} group commits");
+    assert!(commits < 200, "{commits}");
+    assert_eq!(server.state.store.list(&filter).await.unwrap().len(), 202);
+
+    // The database becomes unreachable: 503, no ack, not ready; healthz still answers.
+    proxy.down();
+    let reply = client.post(&message(ORG_A, &[nid(999)])).await.unwrap();
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert!(
+        reply.faultstring().contains("PostgreSQL"),
+        "{}",
+        reply.faultstring()
+    );
+    assert_eq!(admin_get(&server.state, "/readyz").await.0, 503);
+    assert_eq!(admin_get(&server.state, "/healthz").await.0, 200);
+
+    // It comes back: the retry is acknowledged without a restart.
+    proxy.up();
+    let reply = client.post(&message(ORG_A, &[nid(999)])).await.unwrap();
+    assert!(reply.is_ack(), "{reply:?}");
+    assert_eq!(admin_get(&server.state, "/readyz").await.0, 200);
+    assert_eq!(server.state.store.list(&filter).await.unwrap().len(), 203);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_receiver_processes_share_one_postgres_and_dedupe_across_them() {
+    let url = schema(PG).await;
+    let id = self_signed(Spec::new(Key::Rsa2048, "shared"));
+    // Both processes read the same registry directory (distributed by config management).
+    let dirs = [workdir(), workdir()];
+    for d in &dirs {
+        write_registered(&d.path().join("certs/orgs"), ORG_A, "shared", &id);
+    }
+    let env = [("OBM_GATE_STORE_URL", url.as_str())];
+    let procs: Vec<Proc> = dirs
+        .iter()
+        .map(|d| Proc::start_with_env(d.path(), &env))
+        .collect();
+    assert_ne!(procs[0].addr.port(), procs[1].addr.port());
+    let body = message(ORG_A, &[nid(1), nid(2)]);
+    for (p, d) in procs.iter().zip(&dirs) {
+        let client = Client::new(p.addr, &server_cert(d.path()), Some(&id), None);
+        assert!(client.post(&body).await.unwrap().is_ack());
+        assert!(
+            client
+                .post(&message(ORG_A, &[nid(3)]))
+                .await
+                .unwrap()
+                .is_ack()
+        );
+    }
+    let out = tokio::process::Command::new(BIN)
+        .current_dir(dirs[0].path())
+        .args(["messages", "list", "--json", "--config", "obm-gate.toml"])
+        .env("OBM_GATE_STORE_URL", &url)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["notification_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        vec![nid(1), nid(2), nid(3)],
+        "each notification stored once across both receivers"
+    );
+    for p in procs {
+        p.kill();
+    }
+}
