@@ -125,6 +125,20 @@ pub struct ClientIdentity {
     pub cipher: String,
 }
 
+/// The negotiated TLS version and cipher suite, for logs and `send`.
+fn negotiated(conn: &rustls::CommonState) -> (&'static str, String) {
+    let protocol = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "unknown",
+    };
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    (protocol, cipher)
+}
+
 /// Runs the server side of the handshake and names the client.
 pub async fn accept(
     acceptor: &tokio_rustls::TlsAcceptor,
@@ -141,15 +155,7 @@ pub async fn accept(
         .peer_certificates()
         .and_then(|c| c.first())
         .ok_or(HandshakeRefusal::NoCertificate)?;
-    let protocol = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-        _ => "unknown",
-    };
-    let cipher = conn
-        .negotiated_cipher_suite()
-        .map(|s| format!("{:?}", s.suite()))
-        .unwrap_or_default();
+    let (protocol, cipher) = negotiated(conn);
     let identity = ClientIdentity {
         fingerprint: Fingerprint::of_der(leaf.as_ref()),
         protocol,
@@ -320,15 +326,7 @@ pub async fn connect(
         .connect(name, tcp)
         .await?;
     let conn = stream.get_ref().1;
-    let protocol = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-        _ => "unknown",
-    };
-    let cipher = conn
-        .negotiated_cipher_suite()
-        .map(|s| format!("{:?}", s.suite()))
-        .unwrap_or_default();
+    let (protocol, cipher) = negotiated(conn);
     Ok((stream, protocol, cipher))
 }
 

@@ -229,6 +229,42 @@ pub async fn list_backend(
     }
 }
 
+/// A message waiting in a batch, with the caller to answer.
+pub(crate) type Pending = (NewMessage, oneshot::Sender<Result<Committed, StoreError>>);
+
+/// Answers every caller of a batch once its transaction committed or failed, and records the
+/// batch in the metrics. Shared by both writers.
+pub(crate) fn finish_batch(
+    batch: &mut Vec<Pending>,
+    result: Result<Vec<Committed>, String>,
+    started: std::time::Instant,
+    metrics: &Metrics,
+    commits: &AtomicU64,
+) {
+    metrics
+        .commit_latency
+        .observe(started.elapsed().as_secs_f64());
+    metrics.batch_size.observe(batch.len() as f64);
+    match result {
+        Ok(outcomes) => {
+            commits.fetch_add(1, Ordering::Relaxed);
+            for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+                metrics.notifications_stored.inc_by(outcome.stored as u64);
+                metrics
+                    .notifications_duplicate
+                    .inc_by(outcome.duplicates as u64);
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, messages = batch.len(), "store commit failed; nothing acknowledged");
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(StoreError::Write(e.clone())));
+            }
+        }
+    }
+}
+
 /// The received time stamp of a group commit: RFC 3339, UTC, milliseconds.
 pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()

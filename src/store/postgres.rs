@@ -8,15 +8,15 @@
 //! receivers starting together do not race.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
 
 use super::{
-    Committed, Filter, Job, MAX_BATCH_MESSAGES, NewMessage, StoreError, StoredNotification,
-    now_rfc3339,
+    Committed, Filter, Job, MAX_BATCH_MESSAGES, NewMessage, Pending, StoreError,
+    StoredNotification, finish_batch, now_rfc3339,
 };
 use crate::metrics::Metrics;
 
@@ -129,8 +129,6 @@ async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     tx.commit().await.map_err(err)
 }
 
-type Reply = oneshot::Sender<Result<Committed, StoreError>>;
-
 struct Writer {
     url: String,
     client: Option<Client>,
@@ -140,7 +138,7 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut batch: Vec<(NewMessage, Reply)> = Vec::with_capacity(MAX_BATCH_MESSAGES);
+        let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH_MESSAGES);
         let mut shutdown = None;
         while shutdown.is_none() {
             let Some(first) = rx.recv().await else { break };
@@ -205,7 +203,7 @@ impl Writer {
         }
     }
 
-    async fn commit_batch(&mut self, batch: &mut Vec<(NewMessage, Reply)>) {
+    async fn commit_batch(&mut self, batch: &mut Vec<Pending>) {
         let started = Instant::now();
         let received_at = now_rfc3339();
         let result = match self.client().await {
@@ -222,32 +220,12 @@ impl Writer {
             }
             Err(e) => Err(e),
         };
-        self.metrics
-            .commit_latency
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.batch_size.observe(batch.len() as f64);
-        match result {
-            Ok(outcomes) => {
-                self.commits.fetch_add(1, Ordering::Relaxed);
-                for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
-                    self.metrics
-                        .notifications_stored
-                        .inc_by(outcome.stored as u64);
-                    self.metrics
-                        .notifications_duplicate
-                        .inc_by(outcome.duplicates as u64);
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                // Reconnect for the next batch: the connection may be what failed.
-                self.client = None;
-                tracing::error!(error = %e, messages = batch.len(), "store commit failed; nothing acknowledged");
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(StoreError::Write(e.to_string())));
-                }
-            }
+        if result.is_err() {
+            // Reconnect for the next batch: the connection may be what failed.
+            self.client = None;
         }
+        let result = result.map_err(|e| e.to_string());
+        finish_batch(batch, result, started, &self.metrics, &self.commits);
     }
 }
 

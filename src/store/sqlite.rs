@@ -9,13 +9,16 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::{Committed, Filter, Job, NewMessage, StoreError, StoredNotification};
+use super::{
+    Committed, Filter, Job, NewMessage, Pending, StoreError, StoredNotification, finish_batch,
+    now_rfc3339,
+};
 use crate::ids::OrgId;
 use crate::metrics::Metrics;
 
@@ -143,7 +146,7 @@ impl Writer {
 
     /// Commits one small row: a full disk or a read-only file fails here as a message would.
     fn probe(&mut self) -> Result<(), StoreError> {
-        let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let now = now_rfc3339();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -157,37 +160,12 @@ impl Writer {
         tx.commit().map_err(|e| StoreError::Write(e.to_string()))
     }
 
-    fn commit_batch(
-        &mut self,
-        batch: &mut Vec<(NewMessage, oneshot::Sender<Result<Committed, StoreError>>)>,
-    ) {
+    fn commit_batch(&mut self, batch: &mut Vec<Pending>) {
         let started = Instant::now();
-        let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        let result = write(&mut self.conn, batch.iter().map(|(m, _)| m), &received_at);
-        self.metrics
-            .commit_latency
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.batch_size.observe(batch.len() as f64);
-        match result {
-            Ok(outcomes) => {
-                self.commits.fetch_add(1, Ordering::Relaxed);
-                for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
-                    self.metrics
-                        .notifications_stored
-                        .inc_by(outcome.stored as u64);
-                    self.metrics
-                        .notifications_duplicate
-                        .inc_by(outcome.duplicates as u64);
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, messages = batch.len(), "store commit failed; nothing acknowledged");
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(StoreError::Write(e.to_string())));
-                }
-            }
-        }
+        let received_at = now_rfc3339();
+        let result = write(&mut self.conn, batch.iter().map(|(m, _)| m), &received_at)
+            .map_err(|e| e.to_string());
+        finish_batch(batch, result, started, &self.metrics, &self.commits);
     }
 }
 
