@@ -100,7 +100,11 @@ async fn readiness(state: &AppState) -> Result<(), String> {
             dir.display()
         ));
     }
-    match tokio::time::timeout(PROBE_TIMEOUT, state.store.probe_writable()).await {
+    let Some(store) = &state.store else {
+        // Stateless (JetStream only): a publish is the write; NATS' own reconnects cover it.
+        return Ok(());
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, store.probe_writable()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("store not writable: {e}")),
         Err(_) => Err("store not writable: the probe timed out".into()),

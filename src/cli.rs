@@ -165,9 +165,27 @@ enum MessagesCommand {
         /// Only those received since: an RFC 3339 time (2026-11-23T10:00:00Z) or a duration ago (2h).
         #[arg(long)]
         since: Option<String>,
+        /// Only those in this webhook forwarding state: pending, delivered or dead.
+        #[arg(long)]
+        state: Option<String>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+    },
+    /// Queue notifications for the webhook again: one by ID, or an org's dead-lettered ones.
+    /// The running receiver re-sends them within a second.
+    Replay {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The notification ID.
+        #[arg(required_unless_present = "org")]
+        id: Option<String>,
+        /// Every notification of this org in --state.
+        #[arg(long)]
+        org: Option<String>,
+        /// Which state to take them from: dead (default), delivered or pending.
+        #[arg(long, default_value = "dead")]
+        state: String,
     },
     /// Print one stored notification (every org's, unless --org is given).
     Show {
@@ -211,26 +229,40 @@ pub fn main() -> ExitCode {
                     org,
                     limit,
                     since,
+                    state,
                     json,
                 },
         } => report(messages(
             config.as_deref(),
-            org.as_deref(),
-            None,
-            limit,
-            since.as_deref(),
-            json,
+            ListArgs {
+                org,
+                id: None,
+                limit,
+                since,
+                state,
+                json,
+            },
         )),
         Command::Messages {
             command: MessagesCommand::Show { config, org, id },
         } => report(messages(
             config.as_deref(),
-            org.as_deref(),
-            Some(id),
-            None,
-            None,
-            true,
+            ListArgs {
+                org,
+                id: Some(id),
+                json: true,
+                ..ListArgs::default()
+            },
         )),
+        Command::Messages {
+            command:
+                MessagesCommand::Replay {
+                    config,
+                    id,
+                    org,
+                    state,
+                },
+        } => report(replay(config.as_deref(), id, org, &state)),
         Command::Send {
             url,
             cert,
@@ -553,43 +585,105 @@ async fn shutdown_signal() {
     }
 }
 
-/// `messages list` and `messages show`.
-fn messages(
-    config_path: Option<&Path>,
-    org: Option<&str>,
+/// What `messages list` and `messages show` select.
+#[derive(Default)]
+struct ListArgs {
+    org: Option<String>,
     id: Option<String>,
     limit: Option<usize>,
-    since: Option<&str>,
+    since: Option<String>,
+    state: Option<String>,
     json: bool,
+}
+
+fn parse_org(org: Option<&str>) -> Result<Option<OrgId>, Failure> {
+    org.map(OrgId::parse)
+        .transpose()
+        .map_err(|e| Failure::usage(format!("--org: {e}")))
+}
+
+fn parse_state(state: &str) -> Result<store::ForwardState, Failure> {
+    store::ForwardState::parse(state).ok_or_else(|| {
+        Failure::usage(format!(
+            "--state: {state:?} is not pending, delivered or dead"
+        ))
+    })
+}
+
+/// The configured store, for the CLI.
+fn store_backend(config: &Config) -> Result<store::Backend, Failure> {
+    match &config.store.url {
+        Some(url) => Ok(store::Backend::Postgres(url.clone())),
+        None if !config.store.path.exists() => Err(Failure::failed(format!(
+            "no store at {} (nothing received yet, or a different [store] path)",
+            config.store.path.display()
+        ))),
+        None => Ok(store::Backend::Sqlite(config.store.path.clone())),
+    }
+}
+
+fn small_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::failed)
+}
+
+/// `messages replay`.
+fn replay(
+    config_path: Option<&Path>,
+    id: Option<String>,
+    org: Option<String>,
+    state: &str,
 ) -> Result<(), Failure> {
     let config = load_config(config_path).map_err(Failure::usage)?;
-    let org = org
-        .map(OrgId::parse)
-        .transpose()
-        .map_err(|e| Failure::usage(format!("--org: {e}")))?;
-    let since = since.map(parse_since).transpose().map_err(Failure::usage)?;
-    let backend = match &config.store.url {
-        Some(url) => store::Backend::Postgres(url.clone()),
-        None if !config.store.path.exists() => {
-            return Err(Failure::failed(format!(
-                "no store at {} (nothing received yet, or a different [store] path)",
-                config.store.path.display()
-            )));
-        }
-        None => store::Backend::Sqlite(config.store.path.clone()),
+    let which = store::Requeue {
+        notification_id: id,
+        org: parse_org(org.as_deref())?,
+        state: parse_state(state)?,
     };
+    let backend = store_backend(&config)?;
+    let n = small_runtime()?
+        .block_on(store::requeue(&backend, &which))
+        .map_err(Failure::failed)?;
+    if n == 0 {
+        return Err(Failure::failed(format!(
+            "nothing to replay: no {} notification matches",
+            which.state.as_str()
+        )));
+    }
+    println!(
+        "queued {n} notification(s) for the webhook again; the running receiver re-sends them \
+         within a second"
+    );
+    if config.forward.url.is_none() {
+        eprintln!("note: [forward] url is not set in this configuration");
+    }
+    Ok(())
+}
+
+/// `messages list` and `messages show`.
+fn messages(config_path: Option<&Path>, args: ListArgs) -> Result<(), Failure> {
+    let config = load_config(config_path).map_err(Failure::usage)?;
+    let org = parse_org(args.org.as_deref())?;
+    let since = args
+        .since
+        .as_deref()
+        .map(parse_since)
+        .transpose()
+        .map_err(Failure::usage)?;
+    let state = args.state.as_deref().map(parse_state).transpose()?;
+    let backend = store_backend(&config)?;
+    let (id, json) = (args.id, args.json);
     let show = id.is_some();
     let filter = store::Filter {
         org,
-        limit,
+        limit: args.limit,
         since,
         notification_id: id.clone(),
+        state,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(Failure::failed)?;
-    let rows = runtime
+    let rows = small_runtime()?
         .block_on(store::list_backend(&backend, &filter))
         .map_err(Failure::failed)?;
     if show && rows.is_empty() {

@@ -27,6 +27,72 @@ pub struct Config {
     pub shutdown: Shutdown,
     pub ca: Ca,
     pub admin: Admin,
+    pub jetstream: JetStream,
+    pub forward: Forward,
+}
+
+/// Where JetStream publishing sits relative to the local store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JetStreamMode {
+    /// Store first, then publish; acknowledge after both (the default).
+    AfterStore,
+    /// JetStream is the only durable step: no local store (stateless receivers).
+    Only,
+}
+
+/// NATS JetStream publishing, opt-in with `url`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JetStream {
+    /// `nats://host:4222`; empty turns publishing off.
+    pub url: Option<String>,
+    /// The stream; created if missing, checked if present.
+    pub stream: String,
+    /// Notifications are published to `<subject>.<OrgId>`; the stream captures `<subject>.*`.
+    pub subject: String,
+    pub mode: JetStreamMode,
+    /// JetStream drops a message whose ID it has seen within this window. Salesforce retries
+    /// for up to 24 hours, so the default covers every retry.
+    pub duplicate_window: Duration,
+    /// A publish without its PubAck within this time fails the request (503).
+    pub publish_timeout: Duration,
+}
+
+/// A secret that does not print itself.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("Secret(unset)")
+        } else {
+            f.write_str("Secret(…)")
+        }
+    }
+}
+
+/// Webhook forwarding of stored notifications, opt-in with `url`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forward {
+    /// `https://…`; empty turns forwarding off.
+    pub url: Option<String>,
+    /// The HMAC-SHA256 key the receiving service verifies `X-Obm-Gate-Signature` with.
+    pub secret: Secret,
+    /// Orgs delivered at once; within an org, one notification at a time, in order.
+    pub concurrency: usize,
+    /// Attempts before a notification is dead-lettered.
+    pub max_attempts: u64,
+    /// A notification still undelivered this long after it was stored is dead-lettered.
+    pub max_age: Duration,
+    /// The first retry waits about this long; each further one twice as long, with jitter.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// One delivery attempt, connect to response.
+    pub timeout: Duration,
+    /// Extra CA certificates (PEM) trusted for the endpoint besides the public roots.
+    pub ca_certificates: Vec<PathBuf>,
+    /// Allow `http://` to a host other than loopback: notifications cross the network unencrypted.
+    pub insecure_allow_http: bool,
 }
 
 /// The admin listener: `/healthz`, `/readyz`, `/metrics`, plain HTTP, never on the public port.
@@ -164,6 +230,26 @@ impl Default for Config {
             admin: Admin {
                 address: SocketAddr::from(([127, 0, 0, 1], 9090)),
             },
+            jetstream: JetStream {
+                url: None,
+                stream: "OBM".into(),
+                subject: "obm.notifications".into(),
+                mode: JetStreamMode::AfterStore,
+                duplicate_window: Duration::from_secs(24 * 3600),
+                publish_timeout: Duration::from_secs(10),
+            },
+            forward: Forward {
+                url: None,
+                secret: Secret::default(),
+                concurrency: 8,
+                max_attempts: 12,
+                max_age: Duration::from_secs(24 * 3600),
+                initial_backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(300),
+                timeout: Duration::from_secs(10),
+                ca_certificates: Vec::new(),
+                insecure_allow_http: false,
+            },
         }
     }
 }
@@ -263,6 +349,30 @@ pub fn parse(toml_text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
         },
         admin: Admin {
             address: r.get("admin", "address", d.admin.address),
+        },
+        jetstream: JetStream {
+            url: r.get("jetstream", "url", d.jetstream.url),
+            stream: r.get("jetstream", "stream", d.jetstream.stream),
+            subject: r.get("jetstream", "subject", d.jetstream.subject),
+            mode: r.get("jetstream", "mode", d.jetstream.mode),
+            duplicate_window: r.get("jetstream", "duplicate_window", d.jetstream.duplicate_window),
+            publish_timeout: r.get("jetstream", "publish_timeout", d.jetstream.publish_timeout),
+        },
+        forward: Forward {
+            url: r.get("forward", "url", d.forward.url),
+            secret: r.get("forward", "secret", d.forward.secret),
+            concurrency: r.get("forward", "concurrency", d.forward.concurrency),
+            max_attempts: r.get("forward", "max_attempts", d.forward.max_attempts),
+            max_age: r.get("forward", "max_age", d.forward.max_age),
+            initial_backoff: r.get("forward", "initial_backoff", d.forward.initial_backoff),
+            max_backoff: r.get("forward", "max_backoff", d.forward.max_backoff),
+            timeout: r.get("forward", "timeout", d.forward.timeout),
+            ca_certificates: r.get("forward", "ca_certificates", d.forward.ca_certificates),
+            insecure_allow_http: r.get(
+                "forward",
+                "insecure_allow_http",
+                d.forward.insecure_allow_http,
+            ),
         },
     };
     r.finish(&config)
@@ -412,6 +522,112 @@ fn validate(c: &Config) -> Vec<String> {
     if c.tls.certificate.as_os_str().is_empty() || c.tls.private_key.as_os_str().is_empty() {
         errors.push("[tls] certificate and private_key must both be set".into());
     }
+    errors.extend(validate_jetstream(&c.jetstream));
+    errors.extend(validate_forward(c));
+    errors
+}
+
+fn validate_jetstream(j: &JetStream) -> Vec<String> {
+    let mut errors = Vec::new();
+    if j.url.is_none() {
+        if j.mode == JetStreamMode::Only {
+            errors.push(
+                "[jetstream] mode: \"only\" needs [jetstream] url (it makes JetStream the only \
+                 durable step)"
+                    .into(),
+            );
+        }
+        return errors;
+    }
+    let token_ok = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if !token_ok(&j.stream) {
+        errors.push(format!(
+            "[jetstream] stream: {:?} must be letters, digits, '-' or '_'",
+            j.stream
+        ));
+    }
+    if !j.subject.split('.').all(token_ok) {
+        errors.push(format!(
+            "[jetstream] subject: {:?} must be dot-separated tokens without wildcards; \
+             notifications go to <subject>.<OrgId>",
+            j.subject
+        ));
+    }
+    if j.duplicate_window.is_zero() {
+        errors.push("[jetstream] duplicate_window: must be longer than zero".into());
+    }
+    if j.publish_timeout.is_zero() {
+        errors.push("[jetstream] publish_timeout: must be longer than zero".into());
+    }
+    errors
+}
+
+fn validate_forward(c: &Config) -> Vec<String> {
+    let f = &c.forward;
+    let mut errors = Vec::new();
+    let Some(url) = &f.url else {
+        return errors;
+    };
+    match url.parse::<hyper::Uri>() {
+        Err(e) => errors.push(format!("[forward] url: {url:?} is not a URL: {e}")),
+        Ok(uri) => match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") => {
+                let host = uri.host().unwrap_or("");
+                let loopback = host == "localhost"
+                    || host
+                        .trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if !loopback && !f.insecure_allow_http {
+                    errors.push(format!(
+                        "[forward] url: {url:?} is plain HTTP to another host; use https:// \
+                         or set [forward] insecure_allow_http = true"
+                    ));
+                }
+            }
+            _ => errors.push(format!(
+                "[forward] url: {url:?} must start with https:// (or http:// on loopback)"
+            )),
+        },
+    }
+    if f.secret.0.len() < 16 {
+        errors.push(
+            "[forward] secret: set a secret of at least 16 characters (OBM_GATE_FORWARD_SECRET); \
+             the receiving service verifies X-Obm-Gate-Signature with it"
+                .into(),
+        );
+    }
+    if f.concurrency == 0 {
+        errors.push("[forward] concurrency: must be at least 1".into());
+    }
+    if f.max_attempts == 0 {
+        errors.push("[forward] max_attempts: must be at least 1".into());
+    }
+    for (key, d) in [
+        ("max_age", f.max_age),
+        ("initial_backoff", f.initial_backoff),
+        ("max_backoff", f.max_backoff),
+        ("timeout", f.timeout),
+    ] {
+        if d.is_zero() {
+            errors.push(format!("[forward] {key}: must be longer than zero"));
+        }
+    }
+    if f.initial_backoff > f.max_backoff {
+        errors.push("[forward] initial_backoff must not exceed max_backoff".into());
+    }
+    if c.jetstream.url.is_some() && c.jetstream.mode == JetStreamMode::Only {
+        errors.push(
+            "[forward] url: forwarding reads the local store, which [jetstream] mode = \"only\" \
+             turns off; use mode = \"after_store\" or consume the stream instead"
+                .into(),
+        );
+    }
     errors
 }
 
@@ -537,6 +753,30 @@ impl Value for Vec<PathBuf> {
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
             .collect())
+    }
+}
+
+impl Value for Secret {
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        Self::from_env(expect_str(v)?)
+    }
+    fn from_env(s: &str) -> Result<Self, String> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl Value for JetStreamMode {
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        Self::from_env(expect_str(v)?)
+    }
+    fn from_env(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "after_store" => Ok(JetStreamMode::AfterStore),
+            "only" => Ok(JetStreamMode::Only),
+            other => Err(format!(
+                "{other:?} is not a mode: use \"after_store\" or \"only\""
+            )),
+        }
     }
 }
 

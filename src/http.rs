@@ -18,6 +18,8 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::authz::{self, AuthzError};
 use crate::config::Config;
+use crate::document::{self, Document};
+use crate::jetstream::{JetStreamError, Publisher};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::soap::{self, FaultCode, SoapError};
@@ -30,7 +32,10 @@ pub const CONTENT_TYPE_XML: &str = "text/xml; charset=utf-8";
 pub struct AppState {
     pub config: Config,
     pub registry: Arc<Registry>,
-    pub store: Arc<Store>,
+    /// The local store; `None` when JetStream is the only durable step.
+    pub store: Option<Arc<Store>>,
+    /// Publishing to JetStream before the ack, when configured.
+    pub jetstream: Option<Publisher>,
     pub metrics: Arc<Metrics>,
     /// The mutual-TLS listener is accepting (for `/readyz`).
     pub accepting: std::sync::atomic::AtomicBool,
@@ -75,6 +80,8 @@ pub enum Rejection {
     Authz(#[from] AuthzError),
     #[error("{0}; the message was not acknowledged, Salesforce will retry")]
     Store(#[from] StoreError),
+    #[error("{0}; the message was not acknowledged, Salesforce will retry")]
+    JetStream(#[from] JetStreamError),
 }
 
 impl Rejection {
@@ -89,7 +96,7 @@ impl Rejection {
                 StatusCode::BAD_REQUEST
             }
             Rejection::Authz(_) => StatusCode::FORBIDDEN,
-            Rejection::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Store(_) | Rejection::JetStream(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -105,6 +112,7 @@ impl Rejection {
             Rejection::Soap(e) => e.label(),
             Rejection::Authz(e) => e.label(),
             Rejection::Store(_) => "store_unavailable",
+            Rejection::JetStream(_) => "jetstream_unavailable",
         }
     }
 
@@ -266,6 +274,7 @@ async fn process(
         now,
     )?;
 
+    let org = message.organization_id.clone();
     let record = NewMessage {
         org: message.organization_id,
         action_id: message.action_id.into_owned(),
@@ -277,14 +286,63 @@ async fn process(
             .map(|n| NewNotification::new(&n.id, &n.object_type, &n.fields))
             .collect(),
     };
-    let committed = state.store.commit(record).await?;
-    seen.stored = committed.stored;
-    seen.duplicates = committed.duplicates;
+    // The JetStream documents are built before the store takes the message.
+    let documents = state.jetstream.as_ref().map(|_| documents(&record));
+    if let Some(store) = &state.store {
+        let committed = store.commit(record).await?;
+        seen.stored = committed.stored;
+        seen.duplicates = committed.duplicates;
+    }
+    if let (Some(jetstream), Some(documents)) = (&state.jetstream, documents) {
+        // After the store: a redelivery the store calls a duplicate is published again, in case
+        // the first attempt stored but did not publish; JetStream drops it if it had it.
+        let published = jetstream.publish(&org, documents).await?;
+        state
+            .metrics
+            .jetstream_published
+            .get_or_create(&crate::metrics::OutcomeLabels { outcome: "stored" })
+            .inc_by(published.stored as u64);
+        state
+            .metrics
+            .jetstream_published
+            .get_or_create(&crate::metrics::OutcomeLabels {
+                outcome: "duplicate",
+            })
+            .inc_by(published.duplicates as u64);
+        if state.store.is_none() {
+            seen.stored = published.stored;
+            seen.duplicates = published.duplicates;
+        }
+    }
     state
         .metrics
         .ack_latency
         .observe(body_done.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// One `(message ID, JSON document)` per notification, for JetStream.
+fn documents(record: &NewMessage) -> Vec<(String, Bytes)> {
+    let received_at = document::now_rfc3339();
+    let fingerprint = record.certificate.to_hex();
+    record
+        .notifications
+        .iter()
+        .map(|n| {
+            let id = document::message_id(record.org.as_str(), &n.id);
+            let doc = Document {
+                org_id: record.org.as_str(),
+                action_id: &record.action_id,
+                notification_id: &n.id,
+                object_type: &n.object_type,
+                record_id: n.record_id.as_deref(),
+                fields: document::raw_fields(&n.fields_json),
+                received_at: &received_at,
+                certificate_sha256: &fingerprint,
+            };
+            (id, doc.to_bytes())
+        })
+        .collect()
 }
 
 fn xml(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {

@@ -14,6 +14,9 @@
 //! - [`soap`]: parsing envelopes, writing the ack and faults. The only module that knows XML.
 //! - [`authz`]: binding the message's org to the certificate, against the registry of now.
 //! - [`store`]: group-committed, deduplicated, durable storage. The only module that knows SQL.
+//! - [`jetstream`]: publishing to NATS JetStream before the ack (opt-in, or instead of the store).
+//! - [`forward`]: the webhook, fed from the store after the ack; [`document`] is the JSON both
+//!   downstream paths send.
 //!
 //! Around it: [`admin`] (`/healthz`, `/readyz`, `/metrics`), [`registry`] (certificates per org) and [`reload`] (watching it and the server
 //! certificate), [`ca`] (certificates we create), [`checklist`] (`certs check`), [`config`],
@@ -27,8 +30,11 @@ pub mod ca;
 pub mod checklist;
 pub mod cli;
 pub mod config;
+pub mod document;
+pub mod forward;
 pub mod http;
 pub mod ids;
+pub mod jetstream;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
@@ -59,6 +65,10 @@ pub enum StartError {
     Registry(#[from] registry::RegistryError),
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
+    #[error("{0}")]
+    JetStream(#[from] jetstream::JetStreamError),
+    #[error("{0}")]
+    Forward(#[from] forward::ForwardError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -69,6 +79,7 @@ pub struct Server {
     acceptor: tokio_rustls::TlsAcceptor,
     server_cert: Arc<tls::ServerCert>,
     watch: reload::Watch,
+    forwarder: Option<forward::Forwarder>,
 }
 
 impl Server {
@@ -95,11 +106,34 @@ impl Server {
             server_cert.clone(),
             &ca::chain_verified_cas(&config),
         )?;
-        let store = Arc::new(store::Store::open(&config.store, metrics.clone()).await?);
+        let stateless =
+            config.jetstream.url.is_some() && config.jetstream.mode == config::JetStreamMode::Only;
+        let store = if stateless {
+            tracing::info!("no local store: JetStream is the only durable step ([jetstream] mode = \"only\")");
+            None
+        } else {
+            let forward = config.forward.url.is_some();
+            Some(Arc::new(
+                store::Store::open(&config.store, forward, metrics.clone()).await?,
+            ))
+        };
+        let jetstream = match &config.jetstream.url {
+            Some(_) => Some(jetstream::Publisher::connect(&config.jetstream).await?),
+            None => None,
+        };
+        let forwarder = match (&store, &config.forward.url) {
+            (Some(store), Some(_)) => Some(forward::Forwarder::new(
+                store.clone(),
+                &config.forward,
+                metrics.clone(),
+            )?),
+            _ => None,
+        };
         let state = Arc::new(http::AppState {
             config,
             registry,
             store,
+            jetstream,
             metrics,
             accepting: std::sync::atomic::AtomicBool::new(false),
             admin_address: std::sync::OnceLock::new(),
@@ -109,6 +143,7 @@ impl Server {
             acceptor: tokio_rustls::TlsAcceptor::from(tls_config),
             server_cert,
             watch,
+            forwarder,
         })
     }
 
@@ -151,10 +186,16 @@ impl Server {
             self.watch,
             stop_reload.clone(),
         ));
+        let forwarder = self
+            .forwarder
+            .map(|f| tokio::spawn(f.run(stop_reload.clone())));
         let served = listener::run(self.state, self.acceptor, listener, grace, shutdown).await;
         stop_reload.cancel();
         let _ = reloader.await;
         let _ = admin.await;
+        if let Some(forwarder) = forwarder {
+            let _ = forwarder.await;
+        }
         served?;
         Ok(())
     }

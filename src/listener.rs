@@ -95,7 +95,9 @@ pub async fn run(
             "grace period over; cutting connections (their requests were not acknowledged)"
         );
     }
-    state.store.shutdown().await;
+    if let Some(store) = &state.store {
+        store.shutdown().await;
+    }
     Ok(())
 }
 

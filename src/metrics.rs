@@ -28,8 +28,17 @@ pub struct RequestLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Webhook delivery attempts by outcome: delivered, retry, dead.
+    pub forward_attempts: Family<OutcomeLabels, Counter>,
+    /// JetStream publishes by outcome: stored, duplicate.
+    pub jetstream_published: Family<OutcomeLabels, Counter>,
     pub handshakes: Family<HandshakeLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub notifications_stored: Counter,
@@ -57,6 +66,18 @@ impl Metrics {
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let commit_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let certificate_expiry = Family::<CertLabels, Gauge<i64>>::default();
+        let forward_attempts = Family::<OutcomeLabels, Counter>::default();
+        let jetstream_published = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "forward_attempts",
+            "Webhook delivery attempts by outcome (delivered, retry, dead)",
+            forward_attempts.clone(),
+        );
+        registry.register(
+            "jetstream_published",
+            "Notifications published to JetStream by outcome (stored, duplicate)",
+            jetstream_published.clone(),
+        );
         registry.register(
             "certificate_expiry_seconds",
             "Seconds until each registered client certificate expires",
@@ -104,6 +125,8 @@ impl Metrics {
         );
         Metrics {
             registry,
+            forward_attempts,
+            jetstream_published,
             handshakes,
             requests,
             notifications_stored,
@@ -143,6 +166,12 @@ impl Metrics {
         self.handshakes
             .get_or_create(&HandshakeLabels { outcome, reason })
             .inc();
+    }
+
+    pub fn forward_attempt(&self, outcome: &'static str) -> u64 {
+        self.forward_attempts
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc()
     }
 
     pub fn request(&self, status: u16, reason: &'static str) {

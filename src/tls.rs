@@ -287,18 +287,7 @@ pub fn client_config(
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     match ca {
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| TlsError::Read {
-                path: path.to_owned(),
-                source: e,
-            })?;
-            for der in CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok) {
-                roots.add(der).map_err(|e| TlsError::Ca {
-                    path: path.to_owned(),
-                    detail: e.to_string(),
-                })?;
-            }
-        }
+        Some(path) => add_roots(&mut roots, path)?,
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let config = rustls::ClientConfig::builder_with_provider(provider())
@@ -308,6 +297,47 @@ pub fn client_config(
         .with_client_auth_cert(creds.chain, creds.key)
         .map_err(TlsError::Key)?;
     Ok(Arc::new(config))
+}
+
+/// Adds every certificate of a PEM file as a trust anchor.
+fn add_roots(roots: &mut RootCertStore, path: &Path) -> Result<(), TlsError> {
+    let pem = std::fs::read(path).map_err(|e| TlsError::Read {
+        path: path.to_owned(),
+        source: e,
+    })?;
+    for der in CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok) {
+        roots.add(der).map_err(|e| TlsError::Ca {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// The webhook client's connector: `https://` checked against the public roots plus
+/// `extra_cas`, TLS 1.2/1.3; `http://` as plain TCP (the config allows it only on loopback
+/// unless `insecure_allow_http`).
+pub fn https_connector(
+    extra_cas: &[PathBuf],
+) -> Result<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    TlsError,
+> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for path in extra_cas {
+        add_roots(&mut roots, path)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .build())
 }
 
 /// Connects and completes the handshake; returns the stream, the TLS version and the cipher.

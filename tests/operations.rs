@@ -112,7 +112,7 @@ async fn health_and_readiness_follow_the_store() {
     assert_eq!(admin_get(&server.state, "/readyz").await.0, 200);
 
     // Another process holds the write lock: the store cannot take writes.
-    let blocker = rusqlite::Connection::open(server.state.store.path()).unwrap();
+    let blocker = rusqlite::Connection::open(server.store().path()).unwrap();
     blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let (status, body) = admin_get(&server.state, "/readyz").await;
     assert_eq!(status, 503, "{body}");

@@ -106,13 +106,13 @@ async fn postgres_acks_dedupes_group_commits_and_survives_an_outage() {
             .unwrap()
             .is_ack()
     );
-    let stored = server.state.store.list(&filter).await.unwrap();
+    let stored = server.store().list(&filter).await.unwrap();
     assert_eq!(stored.len(), 2);
     assert_eq!(stored[0].fields["LastName"], "Black");
     assert_eq!(server.state.metrics.notifications_duplicate.get(), 1);
 
     // Group commit: 200 senders over 20 connections share transactions.
-    let before = server.state.store.commits();
+    let before = server.store().commits();
     let mut tasks = Vec::new();
     for c in 0..20 {
         let client = client.clone();
@@ -131,10 +131,10 @@ async fn postgres_acks_dedupes_group_commits_and_survives_an_outage() {
     for t in tasks {
         t.await.unwrap();
     }
-    let commits = server.state.store.commits() - before;
+    let commits = server.store().commits() - before;
     println!("PostgreSQL: 200 messages in {commits} group commits");
     assert!(commits < 200, "{commits}");
-    assert_eq!(server.state.store.list(&filter).await.unwrap().len(), 202);
+    assert_eq!(server.store().list(&filter).await.unwrap().len(), 202);
 
     // The database becomes unreachable: 503, no ack, not ready; healthz still answers.
     proxy.down();
@@ -153,7 +153,7 @@ async fn postgres_acks_dedupes_group_commits_and_survives_an_outage() {
     let reply = client.post(&message(ORG_A, &[nid(999)])).await.unwrap();
     assert!(reply.is_ack(), "{reply:?}");
     assert_eq!(admin_get(&server.state, "/readyz").await.0, 200);
-    assert_eq!(server.state.store.list(&filter).await.unwrap().len(), 203);
+    assert_eq!(server.store().list(&filter).await.unwrap().len(), 203);
     server.stop().await;
 }
 

@@ -237,7 +237,7 @@ async fn concurrent_senders_share_fsyncs() {
     let id = self_signed(Spec::new(Key::EcdsaP256, "a"));
     server.register(ORG_A, "a", &id);
     let client = server.client(Some(&id));
-    let commits_before = server.state.store.commits();
+    let commits_before = server.store().commits();
     // 200 senders over 20 keep-alive connections: 10 messages per connection.
     let mut tasks = Vec::new();
     for c in 0..20 {
@@ -258,7 +258,7 @@ async fn concurrent_senders_share_fsyncs() {
     }
     let stored = server.stored();
     assert_eq!(stored.len(), 200);
-    let commits = server.state.store.commits() - commits_before;
+    let commits = server.store().commits() - commits_before;
     println!("200 messages committed in {commits} group commits");
     assert!(
         commits < 200,
@@ -322,7 +322,7 @@ async fn store_failure_is_503_and_the_server_keeps_running() {
     );
 
     // Another writer holds the database's write lock longer than the store's busy timeout.
-    let db = server.state.store.path().to_owned();
+    let db = server.store().path().to_owned();
     let blocker = rusqlite::Connection::open(&db).unwrap();
     blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let reply = client.post(&message(ORG_A, &[nid(2)])).await.unwrap();

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 use serde::ser::SerializeMap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config;
 use crate::ids::{Fingerprint, OrgId};
@@ -40,6 +40,8 @@ pub struct NewNotification {
     pub object_type: String,
     /// A JSON object of the fields, in document order.
     pub fields_json: String,
+    /// The `Id` field, when present.
+    pub record_id: Option<String>,
 }
 
 impl NewNotification {
@@ -59,6 +61,10 @@ impl NewNotification {
             }
         }
         NewNotification {
+            record_id: fields
+                .iter()
+                .find(|(k, _)| k.as_ref() == "Id")
+                .map(|(_, v)| v.as_ref().to_owned()),
             id: id.to_owned(),
             object_type: object_type.to_owned(),
             // Serializing strings into a String cannot fail.
@@ -98,6 +104,8 @@ pub enum StoreError {
 
 pub(crate) enum Job {
     Commit(NewMessage, oneshot::Sender<Result<Committed, StoreError>>),
+    /// Webhook results to record; they join the next group commit.
+    Forward(ForwardJob),
     /// Can the writer commit right now? Answered in turn with commits.
     Probe(oneshot::Sender<Result<(), StoreError>>),
     Shutdown(oneshot::Sender<()>),
@@ -117,6 +125,117 @@ pub struct StoredNotification {
     pub certificate_sha256: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub peer_addr: String,
+    /// Where the notification is on its way to the webhook, when forwarding was on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward: Option<ForwardInfo>,
+}
+
+/// Where a stored notification is on its way to the webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardState {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl ForwardState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardState::Pending => "pending",
+            ForwardState::Delivered => "delivered",
+            ForwardState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ForwardState> {
+        match s {
+            "pending" => Some(ForwardState::Pending),
+            "delivered" => Some(ForwardState::Delivered),
+            "dead" => Some(ForwardState::Dead),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ForwardInfo {
+    pub state: ForwardState,
+    pub attempts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A notification waiting for the webhook: the oldest pending one of its org.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub seq: i64,
+    pub org_id: String,
+    pub action_id: String,
+    pub notification_id: String,
+    pub object_type: String,
+    pub fields_json: String,
+    pub received_at: String,
+    pub certificate_sha256: String,
+    /// Attempts made so far.
+    pub attempts: i64,
+    /// Not before this (Unix milliseconds).
+    pub next_attempt_ms: i64,
+    /// When it was queued (Unix milliseconds); the dead-letter age counts from here.
+    pub queued_ms: i64,
+}
+
+/// The result of one delivery attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ForwardOutcome {
+    Delivered,
+    Retry { next_attempt_ms: i64, error: String },
+    Dead { error: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardUpdate {
+    pub seq: i64,
+    /// Attempts made, this one included.
+    pub attempts: i64,
+    pub outcome: ForwardOutcome,
+}
+
+impl ForwardUpdate {
+    /// The row's new (state, next attempt, last error).
+    pub(crate) fn columns(&self) -> (&'static str, Option<i64>, Option<&str>) {
+        match &self.outcome {
+            ForwardOutcome::Delivered => (ForwardState::Delivered.as_str(), None, None),
+            ForwardOutcome::Retry {
+                next_attempt_ms,
+                error,
+            } => (
+                ForwardState::Pending.as_str(),
+                Some(*next_attempt_ms),
+                Some(error),
+            ),
+            ForwardOutcome::Dead { error } => (ForwardState::Dead.as_str(), None, Some(error)),
+        }
+    }
+}
+
+pub(crate) type ForwardJob = (Vec<ForwardUpdate>, oneshot::Sender<Result<(), StoreError>>);
+
+/// Which dead-lettered (or other) notifications `messages replay` queues again.
+#[derive(Debug, Clone)]
+pub struct Requeue {
+    pub notification_id: Option<String>,
+    pub org: Option<OrgId>,
+    /// Only notifications in this state.
+    pub state: ForwardState,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// What to list.
@@ -128,6 +247,8 @@ pub struct Filter {
     pub since: Option<SystemTime>,
     /// Only this notification ID.
     pub notification_id: Option<String>,
+    /// Only notifications in this forwarding state.
+    pub state: Option<ForwardState>,
 }
 
 /// Which database holds the notifications.
@@ -142,20 +263,41 @@ pub struct Store {
     backend: Backend,
     jobs: mpsc::Sender<Job>,
     commits: Arc<AtomicU64>,
+    /// Woken after a commit stored something, for the forwarder.
+    stored: Arc<Notify>,
+}
+
+/// What the writers need besides their connection.
+pub(crate) struct WriterContext {
+    pub metrics: Arc<Metrics>,
+    pub commits: Arc<AtomicU64>,
+    /// Queue every newly stored notification for the webhook.
+    pub forward: bool,
 }
 
 impl Store {
     /// Opens the configured backend, creates or migrates its schema, and starts its writer.
-    pub async fn open(config: &config::Store, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+    /// With `forward`, every newly stored notification is queued for the webhook in the same
+    /// transaction.
+    pub async fn open(
+        config: &config::Store,
+        forward: bool,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
         let (jobs, rx) = mpsc::channel(QUEUE_CAPACITY);
         let commits = Arc::new(AtomicU64::new(0));
+        let ctx = WriterContext {
+            metrics,
+            commits: commits.clone(),
+            forward,
+        };
         let backend = match config.url.as_deref() {
             Some(url) => {
-                postgres::start(url, metrics, commits.clone(), rx).await?;
+                postgres::start(url, ctx, rx).await?;
                 Backend::Postgres(url.to_owned())
             }
             None => {
-                sqlite::start(&config.path, metrics, commits.clone(), rx)?;
+                sqlite::start(&config.path, ctx, rx)?;
                 Backend::Sqlite(config.path.clone())
             }
         };
@@ -163,7 +305,31 @@ impl Store {
             backend,
             jobs,
             commits,
+            stored: Arc::new(Notify::new()),
         })
+    }
+
+    /// Notified after a commit stored at least one new notification.
+    pub fn stored_signal(&self) -> Arc<Notify> {
+        self.stored.clone()
+    }
+
+    /// Records webhook results; resolves after they are committed.
+    pub async fn record_forward(&self, updates: Vec<ForwardUpdate>) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Forward((updates, tx)))
+            .await
+            .map_err(|_| StoreError::Unavailable)?;
+        rx.await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    /// A reader of the forwarding queue, owned by the forwarder.
+    pub fn forward_reader(&self) -> ForwardReader {
+        match &self.backend {
+            Backend::Sqlite(path) => ForwardReader::Sqlite(sqlite::ForwardReader::new(path)),
+            Backend::Postgres(url) => ForwardReader::Postgres(postgres::ForwardReader::new(url)),
+        }
     }
 
     pub fn backend(&self) -> &Backend {
@@ -185,7 +351,11 @@ impl Store {
             .send(Job::Commit(message, tx))
             .await
             .map_err(|_| StoreError::Unavailable)?;
-        rx.await.map_err(|_| StoreError::Unavailable)?
+        let committed = rx.await.map_err(|_| StoreError::Unavailable)??;
+        if committed.stored > 0 {
+            self.stored.notify_one();
+        }
+        Ok(committed)
     }
 
     /// How many transactions (group commits) the writer has committed.
@@ -229,37 +399,93 @@ pub async fn list_backend(
     }
 }
 
+/// Requeues notifications for the webhook (`messages replay`); returns how many. The running
+/// receiver's forwarder picks them up within a second.
+pub async fn requeue(backend: &Backend, which: &Requeue) -> Result<usize, StoreError> {
+    match backend {
+        Backend::Sqlite(path) => sqlite::requeue(path, which),
+        Backend::Postgres(url) => postgres::requeue(url, which).await,
+    }
+}
+
+/// Reads the forwarding queue for the forwarder.
+pub enum ForwardReader {
+    Sqlite(sqlite::ForwardReader),
+    Postgres(postgres::ForwardReader),
+}
+
+impl ForwardReader {
+    /// The oldest pending notification of each org (at most `limit` orgs), soonest due first.
+    /// Empty on a PostgreSQL receiver that is not the forwarding leader.
+    pub async fn heads(&mut self, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
+        match self {
+            ForwardReader::Sqlite(r) => r.heads(limit).await,
+            ForwardReader::Postgres(r) => r.heads(limit).await,
+        }
+    }
+}
+
 /// A message waiting in a batch, with the caller to answer.
 pub(crate) type Pending = (NewMessage, oneshot::Sender<Result<Committed, StoreError>>);
 
-/// Answers every caller of a batch once its transaction committed or failed, and records the
-/// batch in the metrics. Shared by both writers.
-pub(crate) fn finish_batch(
-    batch: &mut Vec<Pending>,
-    result: Result<Vec<Committed>, String>,
-    started: std::time::Instant,
-    metrics: &Metrics,
-    commits: &AtomicU64,
-) {
-    metrics
-        .commit_latency
-        .observe(started.elapsed().as_secs_f64());
-    metrics.batch_size.observe(batch.len() as f64);
-    match result {
-        Ok(outcomes) => {
-            commits.fetch_add(1, Ordering::Relaxed);
-            for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
-                metrics.notifications_stored.inc_by(outcome.stored as u64);
-                metrics
-                    .notifications_duplicate
-                    .inc_by(outcome.duplicates as u64);
-                let _ = reply.send(Ok(outcome));
-            }
+/// What one transaction holds: messages to store, webhook results to record.
+#[derive(Default)]
+pub(crate) struct Batch {
+    pub messages: Vec<Pending>,
+    pub forwards: Vec<ForwardJob>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.forwards.is_empty()
+    }
+
+    /// Room for more jobs in this transaction?
+    pub fn has_room(&self) -> bool {
+        self.messages.len() < MAX_BATCH_MESSAGES && self.forwards.len() < MAX_BATCH_MESSAGES
+    }
+
+    pub fn updates(&self) -> impl Iterator<Item = &ForwardUpdate> {
+        self.forwards.iter().flat_map(|(u, _)| u)
+    }
+
+    /// Answers every caller once the transaction committed or failed, and records it in the
+    /// metrics. Shared by both writers.
+    pub fn finish(
+        &mut self,
+        result: Result<Vec<Committed>, String>,
+        started: std::time::Instant,
+        ctx: &WriterContext,
+    ) {
+        let metrics = &ctx.metrics;
+        if !self.messages.is_empty() {
+            metrics
+                .commit_latency
+                .observe(started.elapsed().as_secs_f64());
+            metrics.batch_size.observe(self.messages.len() as f64);
         }
-        Err(e) => {
-            tracing::error!(error = %e, messages = batch.len(), "store commit failed; nothing acknowledged");
-            for (_, reply) in batch.drain(..) {
-                let _ = reply.send(Err(StoreError::Write(e.clone())));
+        match result {
+            Ok(outcomes) => {
+                ctx.commits.fetch_add(1, Ordering::Relaxed);
+                for ((_, reply), outcome) in self.messages.drain(..).zip(outcomes) {
+                    metrics.notifications_stored.inc_by(outcome.stored as u64);
+                    metrics
+                        .notifications_duplicate
+                        .inc_by(outcome.duplicates as u64);
+                    let _ = reply.send(Ok(outcome));
+                }
+                for (_, reply) in self.forwards.drain(..) {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, messages = self.messages.len(), "store commit failed; nothing acknowledged");
+                for (_, reply) in self.messages.drain(..) {
+                    let _ = reply.send(Err(StoreError::Write(e.clone())));
+                }
+                for (_, reply) in self.forwards.drain(..) {
+                    let _ = reply.send(Err(StoreError::Write(e.clone())));
+                }
             }
         }
     }

@@ -7,24 +7,24 @@
 //! next message; no restart is needed. Migrations run at start under an advisory lock, so
 //! receivers starting together do not race.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
 
 use super::{
-    Committed, Filter, Job, MAX_BATCH_MESSAGES, NewMessage, Pending, StoreError,
-    StoredNotification, finish_batch, now_rfc3339,
+    Batch, Committed, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage,
+    Outgoing, Requeue, StoreError, StoredNotification, WriterContext, now_ms, now_rfc3339,
 };
-use crate::metrics::Metrics;
 
 /// A database that does not answer within these is treated as down (503; Salesforce retries).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Advisory lock key that serializes migrations between receivers ("obmg").
 const MIGRATION_LOCK: i64 = 0x6f62_6d67;
+/// Advisory lock held by the one receiver that forwards to the webhook ("obmf"), so that
+/// receivers sharing the database keep each org's order.
+const FORWARD_LOCK: i64 = 0x6f62_6d66;
 
 /// Schema versions, applied in order; `obm_schema_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -45,6 +45,18 @@ const MIGRATIONS: &[&str] = &[
     "#,
     r#"
     CREATE TABLE obm_health (id INTEGER PRIMARY KEY CHECK (id = 1), probed_at TEXT NOT NULL);
+    "#,
+    r#"
+    CREATE TABLE obm_forward (
+        seq             BIGINT PRIMARY KEY REFERENCES obm_notifications (seq),
+        org_id          TEXT NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
+        attempts        BIGINT NOT NULL DEFAULT 0,
+        next_attempt_ms BIGINT NOT NULL,
+        queued_ms       BIGINT NOT NULL,
+        last_error      TEXT
+    );
+    CREATE INDEX obm_forward_state_org ON obm_forward (state, org_id, seq);
     "#,
 ];
 
@@ -69,8 +81,7 @@ async fn connect(url: &str) -> Result<Client, StoreError> {
 /// Connects, migrates, and starts the writer task.
 pub(crate) async fn start(
     url: &str,
-    metrics: Arc<Metrics>,
-    commits: Arc<AtomicU64>,
+    ctx: WriterContext,
     rx: mpsc::Receiver<Job>,
 ) -> Result<(), StoreError> {
     let open_err = |e: StoreError| StoreError::Open {
@@ -82,8 +93,7 @@ pub(crate) async fn start(
     let writer = Writer {
         url: url.to_owned(),
         client: Some(client),
-        metrics,
-        commits,
+        ctx,
     };
     tokio::spawn(writer.run(rx));
     Ok(())
@@ -132,20 +142,20 @@ async fn migrate(client: &mut Client) -> Result<(), StoreError> {
 struct Writer {
     url: String,
     client: Option<Client>,
-    metrics: Arc<Metrics>,
-    commits: Arc<AtomicU64>,
+    ctx: WriterContext,
 }
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH_MESSAGES);
+        let mut batch = Batch::default();
         let mut shutdown = None;
         while shutdown.is_none() {
             let Some(first) = rx.recv().await else { break };
             let mut next = Some(first);
             while let Some(job) = next {
                 match job {
-                    Job::Commit(m, reply) => batch.push((m, reply)),
+                    Job::Commit(m, reply) => batch.messages.push((m, reply)),
+                    Job::Forward(f) => batch.forwards.push(f),
                     Job::Probe(reply) => {
                         let _ = reply.send(self.probe().await);
                     }
@@ -154,7 +164,7 @@ impl Writer {
                         break;
                     }
                 }
-                next = if batch.len() < MAX_BATCH_MESSAGES {
+                next = if batch.has_room() {
                     rx.try_recv().ok()
                 } else {
                     None
@@ -203,14 +213,16 @@ impl Writer {
         }
     }
 
-    async fn commit_batch(&mut self, batch: &mut Vec<Pending>) {
+    async fn commit_batch(&mut self, batch: &mut Batch) {
         let started = Instant::now();
         let received_at = now_rfc3339();
+        let forward = self.ctx.forward;
         let result = match self.client().await {
             Ok(client) => {
-                let messages: Vec<&NewMessage> = batch.iter().map(|(m, _)| m).collect();
-                match tokio::time::timeout(COMMIT_TIMEOUT, write(client, &messages, &received_at))
-                    .await
+                let messages: Vec<&NewMessage> = batch.messages.iter().map(|(m, _)| m).collect();
+                let updates: Vec<&ForwardUpdate> = batch.updates().collect();
+                let write = write(client, &messages, &updates, &received_at, forward);
+                match tokio::time::timeout(COMMIT_TIMEOUT, write).await
                 {
                     Ok(r) => r,
                     Err(_) => Err(err(format!(
@@ -225,27 +237,38 @@ impl Writer {
             self.client = None;
         }
         let result = result.map_err(|e| e.to_string());
-        finish_batch(batch, result, started, &self.metrics, &self.commits);
+        batch.finish(result, started, &self.ctx);
     }
 }
 
-/// Writes the messages in one transaction.
+/// Writes the messages and the webhook results in one transaction.
 async fn write(
     client: &mut Client,
     messages: &[&NewMessage],
+    updates: &[&ForwardUpdate],
     received_at: &str,
+    forward: bool,
 ) -> Result<Vec<Committed>, StoreError> {
     let tx = client.transaction().await.map_err(err)?;
+    // Each newly inserted row is queued for the webhook in the same statement when $9.
     let insert = tx
         .prepare(
-            "INSERT INTO obm_notifications (org_id, notification_id, action_id, object_type, fields,
-                                            received_at, certificate_sha256, peer_addr)
-             SELECT $1, n.id, $2, n.object_type, n.fields, $3, $4, $5
-             FROM UNNEST($6::text[], $7::text[], $8::text[]) AS n(id, object_type, fields)
-             ON CONFLICT (org_id, notification_id) DO NOTHING",
+            "WITH inserted AS (
+                 INSERT INTO obm_notifications (org_id, notification_id, action_id, object_type,
+                                                fields, received_at, certificate_sha256, peer_addr)
+                 SELECT $1, n.id, $2, n.object_type, n.fields, $3, $4, $5
+                 FROM UNNEST($6::text[], $7::text[], $8::text[]) AS n(id, object_type, fields)
+                 ON CONFLICT (org_id, notification_id) DO NOTHING
+                 RETURNING seq, org_id
+             ), queued AS (
+                 INSERT INTO obm_forward (seq, org_id, state, attempts, next_attempt_ms, queued_ms)
+                 SELECT seq, org_id, 'pending', 0, $10, $10 FROM inserted WHERE $9
+             )
+             SELECT COUNT(*) FROM inserted",
         )
         .await
         .map_err(err)?;
+    let queued_ms = now_ms();
     let mut outcomes = Vec::with_capacity(messages.len());
     for m in messages {
         let ids: Vec<&str> = m.notifications.iter().map(|n| n.id.as_str()).collect();
@@ -260,8 +283,8 @@ async fn write(
             .map(|n| n.fields_json.as_str())
             .collect();
         let fingerprint = m.certificate.to_hex();
-        let stored = tx
-            .execute(
+        let stored: i64 = tx
+            .query_one(
                 &insert,
                 &[
                     &m.org.as_str(),
@@ -272,17 +295,133 @@ async fn write(
                     &ids,
                     &types,
                     &fields,
+                    &forward,
+                    &queued_ms,
                 ],
             )
             .await
-            .map_err(err)? as usize;
+            .map_err(err)?
+            .get(0);
+        let stored = stored as usize;
         outcomes.push(Committed {
             stored,
             duplicates: m.notifications.len().saturating_sub(stored),
         });
     }
+    if !updates.is_empty() {
+        let update = tx
+            .prepare(
+                "UPDATE obm_forward SET state = $2, attempts = $3,
+                        next_attempt_ms = COALESCE($4, next_attempt_ms), last_error = $5
+                 WHERE seq = $1",
+            )
+            .await
+            .map_err(err)?;
+        for u in updates {
+            let (state, next, error) = u.columns();
+            tx.execute(&update, &[&u.seq, &state, &u.attempts, &next, &error])
+                .await
+                .map_err(err)?;
+        }
+    }
     tx.commit().await.map_err(err)?;
     Ok(outcomes)
+}
+
+/// The forwarder's connection. Only the receiver holding the forwarding advisory lock reads
+/// the queue; the others stand by and take over when its session ends.
+pub struct ForwardReader {
+    url: String,
+    client: Option<Client>,
+}
+
+impl ForwardReader {
+    pub(crate) fn new(url: &str) -> ForwardReader {
+        ForwardReader {
+            url: url.to_owned(),
+            client: None,
+        }
+    }
+
+    pub async fn heads(&mut self, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
+        let r = self.try_heads(limit).await;
+        if r.is_err() {
+            // Reconnect next time; a lost session also released the lock.
+            self.client = None;
+        }
+        r
+    }
+
+    async fn try_heads(&mut self, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            let client = connect(&self.url).await?;
+            let leader: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&FORWARD_LOCK])
+                .await
+                .map_err(err)?
+                .get(0);
+            if !leader {
+                return Ok(Vec::new());
+            }
+            tracing::info!("this receiver forwards to the webhook (holds the forwarding lock)");
+            self.client = Some(client);
+        }
+        let client = self.client.as_ref().ok_or(StoreError::Unavailable)?;
+        let rows = tokio::time::timeout(
+            COMMIT_TIMEOUT,
+            client.query(
+                "SELECT n.seq, n.org_id, n.action_id, n.notification_id, n.object_type, n.fields,
+                        n.received_at, n.certificate_sha256, f.attempts, f.next_attempt_ms,
+                        f.queued_ms
+                 FROM (SELECT MIN(seq) AS seq FROM obm_forward WHERE state = 'pending'
+                       GROUP BY org_id) h
+                 JOIN obm_forward f ON f.seq = h.seq
+                 JOIN obm_notifications n ON n.seq = h.seq
+                 ORDER BY f.next_attempt_ms
+                 LIMIT $1",
+                &[&(limit as i64)],
+            ),
+        )
+        .await
+        .map_err(|_| err("reading the forwarding queue timed out"))?
+        .map_err(err)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Outgoing {
+                seq: r.get(0),
+                org_id: r.get(1),
+                action_id: r.get(2),
+                notification_id: r.get(3),
+                object_type: r.get(4),
+                fields_json: r.get(5),
+                received_at: r.get(6),
+                certificate_sha256: r.get(7),
+                attempts: r.get(8),
+                next_attempt_ms: r.get(9),
+                queued_ms: r.get(10),
+            })
+            .collect())
+    }
+}
+
+/// Queues notifications for the webhook again (`messages replay`).
+pub async fn requeue(url: &str, which: &Requeue) -> Result<usize, StoreError> {
+    let client = connect(url).await?;
+    let now = now_ms();
+    let org = which.org.as_ref().map(|o| o.as_str().to_owned());
+    let n = client
+        .execute(
+            "UPDATE obm_forward SET state = 'pending', attempts = 0, next_attempt_ms = $1,
+                    queued_ms = $1, last_error = NULL
+             WHERE state = $2
+               AND ($3::text IS NULL OR org_id = $3)
+               AND ($4::text IS NULL OR seq IN (SELECT seq FROM obm_notifications
+                                                WHERE notification_id = $4))",
+            &[&now, &which.state.as_str(), &org, &which.notification_id],
+        )
+        .await
+        .map_err(err)?;
+    Ok(n as usize)
 }
 
 /// Reads stored notifications, oldest first.
@@ -296,15 +435,23 @@ pub async fn list(url: &str, filter: &Filter) -> Result<Vec<StoredNotification>,
     let limit = filter.limit.map(|l| l as i64);
     let rows = client
         .query(
-            "SELECT seq, org_id, action_id, notification_id, object_type, fields, received_at,
-                    certificate_sha256, peer_addr
-             FROM obm_notifications
-             WHERE ($1::text IS NULL OR org_id = $1)
-               AND ($2::text IS NULL OR received_at >= $2)
-               AND ($3::text IS NULL OR notification_id = $3)
-             ORDER BY seq
+            "SELECT n.seq, n.org_id, n.action_id, n.notification_id, n.object_type, n.fields,
+                    n.received_at, n.certificate_sha256, n.peer_addr,
+                    f.state, f.attempts, f.last_error
+             FROM obm_notifications n LEFT JOIN obm_forward f ON f.seq = n.seq
+             WHERE ($1::text IS NULL OR n.org_id = $1)
+               AND ($2::text IS NULL OR n.received_at >= $2)
+               AND ($3::text IS NULL OR n.notification_id = $3)
+               AND ($5::text IS NULL OR f.state = $5)
+             ORDER BY n.seq
              LIMIT $4",
-            &[&org, &since, &filter.notification_id, &limit],
+            &[
+                &org,
+                &since,
+                &filter.notification_id,
+                &limit,
+                &filter.state.map(ForwardState::as_str),
+            ],
         )
         .await
         .map_err(|e| StoreError::Read(e.to_string()))?;
@@ -322,6 +469,15 @@ pub async fn list(url: &str, filter: &Filter) -> Result<Vec<StoredNotification>,
                 received_at: r.get(6),
                 certificate_sha256: r.get(7),
                 peer_addr: r.get(8),
+                forward: r
+                    .get::<_, Option<String>>(9)
+                    .as_deref()
+                    .and_then(ForwardState::parse)
+                    .map(|state| ForwardInfo {
+                        state,
+                        attempts: r.get(10),
+                        last_error: r.get(11),
+                    }),
             }
         })
         .collect())

@@ -7,22 +7,17 @@
 //! the transaction holding its message has committed (or failed); that is what lets the request
 //! path acknowledge only what is durable. Deduplication is on (org, notification ID).
 
-use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::mpsc;
 
 use super::{
-    Committed, Filter, Job, NewMessage, Pending, StoreError, StoredNotification, finish_batch,
-    now_rfc3339,
+    Batch, Committed, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage,
+    Outgoing, Requeue, StoreError, StoredNotification, WriterContext, now_ms, now_rfc3339,
 };
 use crate::ids::OrgId;
-use crate::metrics::Metrics;
-
-use super::MAX_BATCH_MESSAGES;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -45,14 +40,26 @@ const MIGRATIONS: &[&str] = &[
     -- One row, rewritten by the readiness probe: proof that a commit reaches the disk.
     CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), probed_at TEXT NOT NULL);
 "#,
+    r#"
+    -- The webhook queue: one row per notification stored while [forward] was on.
+    CREATE TABLE forward (
+        seq             INTEGER PRIMARY KEY REFERENCES notifications (seq),
+        org_id          TEXT NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL,   -- Unix milliseconds
+        queued_ms       INTEGER NOT NULL,   -- Unix milliseconds; the dead-letter age counts from here
+        last_error      TEXT
+    );
+    CREATE INDEX forward_state_org ON forward (state, org_id, seq);
+"#,
 ];
 
 /// Opens (creating if needed) the SQLite file, migrates the schema and starts the writer thread,
 /// which takes jobs from `rx` until a shutdown job or until every sender is gone.
 pub(crate) fn start(
     path: &Path,
-    metrics: Arc<Metrics>,
-    commits: Arc<AtomicU64>,
+    ctx: WriterContext,
     rx: mpsc::Receiver<Job>,
 ) -> Result<(), StoreError> {
     let open_err = |detail: String| StoreError::Open {
@@ -63,11 +70,7 @@ pub(crate) fn start(
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
     }
     let conn = open_writer(path).map_err(|e| open_err(e.to_string()))?;
-    let writer = Writer {
-        conn,
-        metrics,
-        commits,
-    };
+    let writer = Writer { conn, ctx };
     std::thread::Builder::new()
         .name("obm-store-writer".into())
         .spawn(move || writer.run(rx))
@@ -103,13 +106,12 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 
 struct Writer {
     conn: Connection,
-    metrics: Arc<Metrics>,
-    commits: Arc<AtomicU64>,
+    ctx: WriterContext,
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH_MESSAGES);
+        let mut batch = Batch::default();
         let mut shutdown = None;
         while shutdown.is_none() {
             let Some(first) = rx.blocking_recv() else {
@@ -119,7 +121,8 @@ impl Writer {
             // Everything that queued up during the last fsync joins this transaction.
             while let Some(job) = next {
                 match job {
-                    Job::Commit(m, reply) => batch.push((m, reply)),
+                    Job::Commit(m, reply) => batch.messages.push((m, reply)),
+                    Job::Forward(f) => batch.forwards.push(f),
                     Job::Probe(reply) => {
                         let _ = reply.send(self.probe());
                     }
@@ -128,7 +131,7 @@ impl Writer {
                         break;
                     }
                 }
-                next = if batch.len() < MAX_BATCH_MESSAGES {
+                next = if batch.has_room() {
                     rx.try_recv().ok()
                 } else {
                     None
@@ -160,24 +163,38 @@ impl Writer {
         tx.commit().map_err(|e| StoreError::Write(e.to_string()))
     }
 
-    fn commit_batch(&mut self, batch: &mut Vec<Pending>) {
+    fn commit_batch(&mut self, batch: &mut Batch) {
         let started = Instant::now();
         let received_at = now_rfc3339();
-        let result = write(&mut self.conn, batch.iter().map(|(m, _)| m), &received_at)
-            .map_err(|e| e.to_string());
-        finish_batch(batch, result, started, &self.metrics, &self.commits);
+        let result = write(
+            &mut self.conn,
+            batch.messages.iter().map(|(m, _)| m),
+            batch.updates(),
+            &received_at,
+            self.ctx.forward,
+        )
+        .map_err(|e| e.to_string());
+        batch.finish(result, started, &self.ctx);
     }
 }
 
-/// Writes the messages in one transaction. On error the transaction is rolled back (dropped).
+/// Writes the messages and the webhook results in one transaction. On error the transaction
+/// is rolled back (dropped).
 fn write<'m>(
     conn: &mut Connection,
     messages: impl Iterator<Item = &'m NewMessage>,
+    updates: impl Iterator<Item = &'m ForwardUpdate>,
     received_at: &str,
+    forward: bool,
 ) -> rusqlite::Result<Vec<Committed>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::new();
+    let queued_ms = now_ms();
     {
+        let mut queue = tx.prepare_cached(
+            "INSERT INTO forward (seq, org_id, state, attempts, next_attempt_ms, queued_ms)
+             VALUES (?1, ?2, 'pending', 0, ?3, ?3)",
+        )?;
         let mut insert = tx.prepare_cached(
             "INSERT INTO notifications (org_id, notification_id, action_id, object_type, fields,
                                         received_at, certificate_sha256, peer_addr)
@@ -200,15 +217,115 @@ fn write<'m>(
                 ])?;
                 if changed == 1 {
                     outcome.stored += 1;
+                    if forward {
+                        queue.execute(params![tx.last_insert_rowid(), m.org.as_str(), queued_ms])?;
+                    }
                 } else {
                     outcome.duplicates += 1;
                 }
             }
             outcomes.push(outcome);
         }
+        let mut update = tx.prepare_cached(
+            "UPDATE forward SET state = ?2, attempts = ?3,
+                    next_attempt_ms = COALESCE(?4, next_attempt_ms), last_error = ?5
+             WHERE seq = ?1",
+        )?;
+        for u in updates {
+            let (state, next, error) = u.columns();
+            update.execute(params![u.seq, state, u.attempts, next, error])?;
+        }
     }
     tx.commit()?;
     Ok(outcomes)
+}
+
+/// The forwarder's read connection to the queue.
+pub struct ForwardReader {
+    path: PathBuf,
+    conn: Option<Connection>,
+}
+
+impl ForwardReader {
+    pub(crate) fn new(path: &Path) -> ForwardReader {
+        ForwardReader {
+            path: path.to_owned(),
+            conn: None,
+        }
+    }
+
+    pub async fn heads(&mut self, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
+        let path = self.path.clone();
+        let conn = self.conn.take();
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let conn = match conn {
+                Some(c) => c,
+                None => match Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                {
+                    Ok(c) => c,
+                    Err(e) => return (None, Err(e)),
+                },
+            };
+            let result = heads(&conn, limit);
+            (Some(conn), result)
+        })
+        .await
+        .map_err(|e| StoreError::Read(e.to_string()))?;
+        self.conn = conn;
+        result.map_err(|e| StoreError::Read(e.to_string()))
+    }
+}
+
+fn heads(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Outgoing>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT n.seq, n.org_id, n.action_id, n.notification_id, n.object_type, n.fields,
+                n.received_at, n.certificate_sha256, f.attempts, f.next_attempt_ms, f.queued_ms
+         FROM (SELECT MIN(seq) AS seq FROM forward WHERE state = 'pending' GROUP BY org_id) h
+         JOIN forward f ON f.seq = h.seq
+         JOIN notifications n ON n.seq = h.seq
+         ORDER BY f.next_attempt_ms
+         LIMIT ?1",
+    )?;
+    let rows = stmt.query_map(params![limit as i64], |r| {
+        Ok(Outgoing {
+            seq: r.get(0)?,
+            org_id: r.get(1)?,
+            action_id: r.get(2)?,
+            notification_id: r.get(3)?,
+            object_type: r.get(4)?,
+            fields_json: r.get(5)?,
+            received_at: r.get(6)?,
+            certificate_sha256: r.get(7)?,
+            attempts: r.get(8)?,
+            next_attempt_ms: r.get(9)?,
+            queued_ms: r.get(10)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Queues notifications for the webhook again (`messages replay`), from the CLI while the
+/// receiver runs.
+pub fn requeue(path: &Path, which: &Requeue) -> Result<usize, StoreError> {
+    let fail = |e: rusqlite::Error| StoreError::Write(format!("{}: {e}", path.display()));
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(fail)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(fail)?;
+    let now = now_ms();
+    conn.execute(
+        "UPDATE forward SET state = 'pending', attempts = 0, next_attempt_ms = ?1,
+                queued_ms = ?1, last_error = NULL
+         WHERE state = ?2
+           AND (?3 IS NULL OR org_id = ?3)
+           AND (?4 IS NULL OR seq IN (SELECT seq FROM notifications WHERE notification_id = ?4))",
+        params![
+            now,
+            which.state.as_str(),
+            which.org.as_ref().map(OrgId::as_str),
+            which.notification_id
+        ],
+    )
+    .map_err(fail)
 }
 
 /// Reads stored notifications, oldest first, from a store file (read-only; works while the
@@ -230,17 +347,33 @@ pub fn list(path: &Path, filter: &Filter) -> Result<Vec<StoredNotification>, Sto
     if has_table.is_none() {
         return Ok(Vec::new());
     }
-    let mut stmt = conn
-        .prepare(
-            "SELECT seq, org_id, action_id, notification_id, object_type, fields, received_at,
-                    certificate_sha256, peer_addr
-             FROM notifications
-             WHERE (?1 IS NULL OR org_id = ?1)
-               AND (?3 IS NULL OR received_at >= ?3)
-               AND (?4 IS NULL OR notification_id = ?4)
-             ORDER BY seq
-             LIMIT ?2",
+    let has_forward: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'forward'",
+            [],
+            |r| r.get::<_, i64>(0),
         )
+        .map_err(read_err)?
+        > 0;
+    // A store from before forwarding existed has no queue: list it as if it were empty.
+    let forward_table = if has_forward {
+        "forward"
+    } else {
+        "(SELECT 0 AS seq, '' AS state, 0 AS attempts, NULL AS last_error WHERE 0)"
+    };
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT n.seq, n.org_id, n.action_id, n.notification_id, n.object_type, n.fields,
+                    n.received_at, n.certificate_sha256, n.peer_addr,
+                    f.state, f.attempts, f.last_error
+             FROM notifications n LEFT JOIN {forward_table} f ON f.seq = n.seq
+             WHERE (?1 IS NULL OR n.org_id = ?1)
+               AND (?3 IS NULL OR n.received_at >= ?3)
+               AND (?4 IS NULL OR n.notification_id = ?4)
+               AND (?5 IS NULL OR f.state = ?5)
+             ORDER BY n.seq
+             LIMIT ?2"
+        ))
         .map_err(read_err)?;
     let limit = filter.limit.map(|l| l as i64).unwrap_or(-1);
     // Stored times are RFC 3339 with milliseconds, so they compare correctly as text.
@@ -249,8 +382,17 @@ pub fn list(path: &Path, filter: &Filter) -> Result<Vec<StoredNotification>, Sto
         .map(|t| humantime::format_rfc3339_millis(t).to_string());
     let org = filter.org.as_ref().map(OrgId::as_str);
     let rows = stmt
-        .query_map(params![org, limit, since, filter.notification_id], |r| {
+        .query_map(
+            params![
+                org,
+                limit,
+                since,
+                filter.notification_id,
+                filter.state.map(ForwardState::as_str)
+            ],
+            |r| {
             let fields: String = r.get(5)?;
+            let state: Option<String> = r.get(9)?;
             Ok(StoredNotification {
                 seq: r.get(0)?,
                 org_id: r.get(1)?,
@@ -261,8 +403,17 @@ pub fn list(path: &Path, filter: &Filter) -> Result<Vec<StoredNotification>, Sto
                 received_at: r.get(6)?,
                 certificate_sha256: r.get(7)?,
                 peer_addr: r.get(8)?,
+                forward: match state.as_deref().and_then(ForwardState::parse) {
+                    Some(state) => Some(ForwardInfo {
+                        state,
+                        attempts: r.get(10)?,
+                        last_error: r.get(11)?,
+                    }),
+                    None => None,
+                },
             })
-        })
+        },
+        )
         .map_err(read_err)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(read_err)
 }

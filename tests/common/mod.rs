@@ -248,8 +248,13 @@ impl TestServer {
         Client::new(self.addr, &self.server_cert, id, None)
     }
 
+    /// The local store (every configuration but JetStream-only has one).
+    pub fn store(&self) -> &obm_gate::store::Store {
+        self.state.store.as_deref().expect("this server has a local store")
+    }
+
     pub fn stored(&self) -> Vec<obm_gate::store::StoredNotification> {
-        obm_gate::store::list(self.state.store.path(), &Default::default()).unwrap()
+        obm_gate::store::list(self.store().path(), &Default::default()).unwrap()
     }
 
     pub async fn stop(mut self) {

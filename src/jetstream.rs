@@ -1,0 +1,162 @@
+//! NATS JetStream publishing: delivery downstream *before* the acknowledgment.
+//!
+//! Each notification is published as a [`Document`](crate::document::Document) to
+//! `<subject>.<OrgId>` with `Nats-Msg-Id: <OrgId>/<notification ID>`. JetStream drops a message
+//! whose ID it saw within the stream's duplicate window (24 h by default, as long as Salesforce
+//! retries), so a redelivered notification is in the stream once. All publishes of a message
+//! are sent back to back, then every PubAck is awaited; the request is acknowledged only when
+//! all arrived. The stream is created at start if missing, or checked if present.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use bytes::Bytes;
+
+use crate::config;
+use crate::ids::OrgId;
+
+/// Connecting at start gives up after this (the receiver does not start without its stream).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JetStreamError {
+    #[error("cannot connect to NATS at {url}: {detail}")]
+    Connect { url: String, detail: String },
+    #[error("JetStream stream {stream}: {detail}")]
+    Stream { stream: String, detail: String },
+    #[error("JetStream did not confirm the publish: {0}")]
+    Publish(String),
+}
+
+/// What JetStream did with a message's notifications.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Published {
+    pub stored: usize,
+    pub duplicates: usize,
+}
+
+/// A connection to NATS with the stream checked.
+pub struct Publisher {
+    context: jetstream::Context,
+    subject: String,
+    timeout: Duration,
+}
+
+impl Publisher {
+    /// Connects, then creates the stream or checks the existing one.
+    pub async fn connect(cfg: &config::JetStream) -> Result<Publisher, JetStreamError> {
+        let url = cfg.url.clone().unwrap_or_default();
+        let client = async_nats::ConnectOptions::new()
+            .name("obm-gate")
+            .connection_timeout(CONNECT_TIMEOUT)
+            .connect(url.as_str())
+            .await
+            .map_err(|e| JetStreamError::Connect {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?;
+        let context = jetstream::ContextBuilder::new()
+            .timeout(cfg.publish_timeout)
+            .max_ack_inflight(16_384)
+            .backpressure_on_inflight(true)
+            .build(client);
+        let publisher = Publisher {
+            context,
+            subject: cfg.subject.clone(),
+            timeout: cfg.publish_timeout,
+        };
+        publisher.ensure_stream(cfg).await?;
+        Ok(publisher)
+    }
+
+    /// The subjects the stream must capture.
+    fn stream_subject(&self) -> String {
+        format!("{}.*", self.subject)
+    }
+
+    async fn ensure_stream(&self, cfg: &config::JetStream) -> Result<(), JetStreamError> {
+        let fail = |detail: String| JetStreamError::Stream {
+            stream: cfg.stream.clone(),
+            detail,
+        };
+        let wanted = stream::Config {
+            name: cfg.stream.clone(),
+            subjects: vec![self.stream_subject()],
+            storage: stream::StorageType::File,
+            duplicate_window: cfg.duplicate_window,
+            ..Default::default()
+        };
+        let stream = self
+            .context
+            .get_or_create_stream(wanted)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let existing = &stream.cached_info().config;
+        let covers = existing.subjects.iter().any(|s| {
+            *s == self.stream_subject() || *s == format!("{}.>", self.subject) || s == ">"
+        });
+        if !covers {
+            return Err(fail(format!(
+                "it captures {:?}, not {:?} where obm-gate publishes; add that subject to the \
+                 stream or change [jetstream] subject",
+                existing.subjects,
+                self.stream_subject()
+            )));
+        }
+        if existing.duplicate_window < cfg.duplicate_window {
+            return Err(fail(format!(
+                "its duplicate window is {}, shorter than [jetstream] duplicate_window ({}); \
+                 Salesforce redeliveries after it would be stored twice. Raise the stream's \
+                 duplicate_window (nats stream edit) or lower the setting knowingly",
+                humantime::format_duration(existing.duplicate_window),
+                humantime::format_duration(cfg.duplicate_window)
+            )));
+        }
+        if existing.storage == stream::StorageType::Memory {
+            tracing::warn!(stream = %cfg.stream, "the JetStream stream uses memory storage: a NATS restart loses acknowledged notifications");
+        }
+        tracing::info!(stream = %cfg.stream, subjects = ?existing.subjects, duplicate_window = %humantime::format_duration(existing.duplicate_window), "JetStream stream ready");
+        Ok(())
+    }
+
+    /// Publishes one message's notifications (`(message ID, JSON document)`) and waits for every
+    /// PubAck. Fails if any publish is not confirmed within `publish_timeout`.
+    pub async fn publish(
+        &self,
+        org: &OrgId,
+        documents: Vec<(String, Bytes)>,
+    ) -> Result<Published, JetStreamError> {
+        let subject = format!("{}.{}", self.subject, org);
+        let fail = |e: &dyn std::fmt::Display| JetStreamError::Publish(e.to_string());
+        let all = async {
+            let mut acks = Vec::with_capacity(documents.len());
+            for (id, payload) in documents {
+                let message = PublishMessage::build().message_id(id).payload(payload);
+                let ack = self
+                    .context
+                    .send_publish(subject.clone(), message)
+                    .await
+                    .map_err(|e| fail(&e))?;
+                acks.push(ack);
+            }
+            let mut published = Published::default();
+            for ack in acks {
+                let ack = ack.await.map_err(|e| fail(&e))?;
+                if ack.duplicate {
+                    published.duplicates += 1;
+                } else {
+                    published.stored += 1;
+                }
+            }
+            Ok(published)
+        };
+        tokio::time::timeout(self.timeout, all)
+            .await
+            .map_err(|_| {
+                JetStreamError::Publish(format!(
+                    "no PubAck within {}",
+                    humantime::format_duration(self.timeout)
+                ))
+            })?
+    }
+}
