@@ -17,6 +17,7 @@ use crate::ids::OrgId;
 
 /// Connecting at start gives up after this (the receiver does not start without its stream).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JetStreamError {
@@ -49,6 +50,10 @@ impl Publisher {
         let client = async_nats::ConnectOptions::new()
             .name("obm-gate")
             .connection_timeout(CONNECT_TIMEOUT)
+            // Back within 2 s of NATS returning (the default backoff grows to several seconds).
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(100u64.saturating_mul(1 << attempts.min(5))).min(MAX_RECONNECT_DELAY)
+            })
             .connect(url.as_str())
             .await
             .map_err(|e| JetStreamError::Connect {

@@ -4,13 +4,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use common::process::*;
+use common::tcp_proxy::Proxy;
 use common::*;
-use tokio::net::{TcpListener, TcpStream};
 
 const PG: &str = "127.0.0.1:5432";
 
@@ -40,50 +36,9 @@ fn rand_suffix() -> u64 {
         % 1_000_000
 }
 
-/// Forwards TCP to PostgreSQL while up; while down, cuts every connection and refuses new ones.
-struct Proxy {
-    addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl Proxy {
-    async fn start() -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = Arc::new(AtomicBool::new(true));
-        let conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let (u, c) = (up.clone(), conns.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !u.load(Ordering::SeqCst) {
-                    continue; // dropped: refused
-                }
-                c.lock().unwrap().push(tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(PG).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                }));
-            }
-        });
-        Proxy { addr, up, conns }
-    }
-
-    fn down(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            c.abort();
-        }
-    }
-
-    fn up(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_acks_dedupes_group_commits_and_survives_an_outage() {
-    let proxy = Proxy::start().await;
+    let proxy = Proxy::start(PG).await;
     let url = schema(&proxy.addr.to_string()).await;
     let server = TestServer::start_with(|c, _| c.store.url = Some(url.clone())).await;
     let id = self_signed(Spec::new(Key::EcdsaP256, "pg"));

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod tcp_proxy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
