@@ -355,7 +355,11 @@ pub fn parse(toml_text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
             stream: r.get("jetstream", "stream", d.jetstream.stream),
             subject: r.get("jetstream", "subject", d.jetstream.subject),
             mode: r.get("jetstream", "mode", d.jetstream.mode),
-            duplicate_window: r.get("jetstream", "duplicate_window", d.jetstream.duplicate_window),
+            duplicate_window: r.get(
+                "jetstream",
+                "duplicate_window",
+                d.jetstream.duplicate_window,
+            ),
             publish_timeout: r.get("jetstream", "publish_timeout", d.jetstream.publish_timeout),
         },
         forward: Forward {

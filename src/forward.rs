@@ -47,8 +47,7 @@ const POLL: Duration = Duration::from_secs(1);
 /// Orgs read per poll.
 const HEADS: usize = 1024;
 
-type HttpsClient =
-    Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -63,7 +62,10 @@ pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
 }
 
 /// The delay before attempt `attempts + 1`: `initial × 2^(attempts−1)`, capped at `max`, then
@@ -186,9 +188,18 @@ impl Forwarder {
             };
             metrics.forward_attempt(label);
             match &outcome {
-                ForwardOutcome::Delivered => tracing::debug!(org = %head.org_id, notification = %head.notification_id, attempts, "forwarded"),
-                ForwardOutcome::Retry { error, next_attempt_ms } => tracing::warn!(org = %head.org_id, notification = %head.notification_id, attempts, error = %error, retry_in_ms = next_attempt_ms - now, "webhook delivery failed; will retry"),
-                ForwardOutcome::Dead { error } => tracing::error!(org = %head.org_id, notification = %head.notification_id, attempts, error = %error, "webhook delivery dead-lettered; `obm-gate messages replay` re-sends it"),
+                ForwardOutcome::Delivered => {
+                    tracing::debug!(org = %head.org_id, notification = %head.notification_id, attempts, "forwarded")
+                }
+                ForwardOutcome::Retry {
+                    error,
+                    next_attempt_ms,
+                } => {
+                    tracing::warn!(org = %head.org_id, notification = %head.notification_id, attempts, error = %error, retry_in_ms = next_attempt_ms - now, "webhook delivery failed; will retry")
+                }
+                ForwardOutcome::Dead { error } => {
+                    tracing::error!(org = %head.org_id, notification = %head.notification_id, attempts, error = %error, "webhook delivery dead-lettered; `obm-gate messages replay` re-sends it")
+                }
             }
             let update = ForwardUpdate {
                 seq: head.seq,
@@ -227,7 +238,10 @@ async fn deliver(
     let request = hyper::Request::post(cfg.url.as_deref().unwrap_or_default())
         .header(CONTENT_TYPE, "application/json")
         .header(USER_AGENT, concat!("obm-gate/", env!("CARGO_PKG_VERSION")))
-        .header(ID_HEADER, document::message_id(&head.org_id, &head.notification_id))
+        .header(
+            ID_HEADER,
+            document::message_id(&head.org_id, &head.notification_id),
+        )
         .header(ATTEMPT_HEADER, attempt)
         .header(SIGNATURE_HEADER, signature)
         .body(Full::new(body))
@@ -239,7 +253,9 @@ async fn deliver(
             .map_err(|e| format!("no answer: {}", error_chain(&e)))?;
         let status = response.status();
         // Read (a bounded part of) the answer so the connection can be reused.
-        let _ = Limited::new(response.into_body(), 64 * 1024).collect().await;
+        let _ = Limited::new(response.into_body(), 64 * 1024)
+            .collect()
+            .await;
         if status.is_success() {
             Ok(())
         } else {
@@ -248,7 +264,12 @@ async fn deliver(
     };
     tokio::time::timeout(cfg.timeout, exchange)
         .await
-        .map_err(|_| format!("no answer within {}", humantime::format_duration(cfg.timeout)))?
+        .map_err(|_| {
+            format!(
+                "no answer within {}",
+                humantime::format_duration(cfg.timeout)
+            )
+        })?
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -285,7 +306,10 @@ mod tests {
             let base = Duration::from_secs(base);
             for _ in 0..50 {
                 let d = backoff(&cfg, attempts);
-                assert!(d >= base / 2 && d <= base, "attempt {attempts}: {d:?} vs {base:?}");
+                assert!(
+                    d >= base / 2 && d <= base,
+                    "attempt {attempts}: {d:?} vs {base:?}"
+                );
             }
         }
     }

@@ -274,7 +274,7 @@ async fn process(
         now,
     )?;
 
-    let org = message.organization_id.clone();
+    let org = message.organization_id;
     let record = NewMessage {
         org: message.organization_id,
         action_id: message.action_id.into_owned(),

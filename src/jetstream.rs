@@ -52,7 +52,8 @@ impl Publisher {
             .connection_timeout(CONNECT_TIMEOUT)
             // Back within 2 s of NATS returning (the default backoff grows to several seconds).
             .reconnect_delay_callback(|attempts| {
-                Duration::from_millis(100u64.saturating_mul(1 << attempts.min(5))).min(MAX_RECONNECT_DELAY)
+                Duration::from_millis(100u64.saturating_mul(1 << attempts.min(5)))
+                    .min(MAX_RECONNECT_DELAY)
             })
             .connect(url.as_str())
             .await
@@ -155,13 +156,11 @@ impl Publisher {
             }
             Ok(published)
         };
-        tokio::time::timeout(self.timeout, all)
-            .await
-            .map_err(|_| {
-                JetStreamError::Publish(format!(
-                    "no PubAck within {}",
-                    humantime::format_duration(self.timeout)
-                ))
-            })?
+        tokio::time::timeout(self.timeout, all).await.map_err(|_| {
+            JetStreamError::Publish(format!(
+                "no PubAck within {}",
+                humantime::format_duration(self.timeout)
+            ))
+        })?
     }
 }

@@ -109,7 +109,9 @@ impl Server {
         let stateless =
             config.jetstream.url.is_some() && config.jetstream.mode == config::JetStreamMode::Only;
         let store = if stateless {
-            tracing::info!("no local store: JetStream is the only durable step ([jetstream] mode = \"only\")");
+            tracing::info!(
+                "no local store: JetStream is the only durable step ([jetstream] mode = \"only\")"
+            );
             None
         } else {
             let forward = config.forward.url.is_some();

@@ -197,7 +197,10 @@ async fn jetstream_only_mode_keeps_no_local_store_and_refuses_without_nats() {
         2.0
     );
     assert_eq!(
-        metric(&metrics, "obm_gate_requests_total{status=\"200\",reason=\"duplicate\"}"),
+        metric(
+            &metrics,
+            "obm_gate_requests_total{status=\"200\",reason=\"duplicate\"}"
+        ),
         1.0
     );
     assert!(

@@ -4,8 +4,12 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
 use common::process::*;
 use common::tcp_proxy::Proxy;
+use common::webhook::{Webhook, signature_verifies};
 use common::*;
 
 const PG: &str = "127.0.0.1:5432";
@@ -165,6 +169,61 @@ async fn two_receiver_processes_share_one_postgres_and_dedupe_across_them() {
         vec![nid(1), nid(2), nid(3)],
         "each notification stored once across both receivers"
     );
+    for p in procs {
+        p.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_sharing_postgres_forward_each_notification_once_in_order() {
+    let url = schema(PG).await;
+    let hook = Webhook::start().await;
+    hook.fail_first(3);
+    let id = self_signed(Spec::new(Key::Rsa2048, "fwd"));
+    let dirs = [workdir(), workdir()];
+    for d in &dirs {
+        write_registered(&d.path().join("certs/orgs"), ORG_A, "fwd", &id);
+    }
+    let secret = "shared-secret-0123456789";
+    let env = [
+        ("OBM_GATE_STORE_URL", url.as_str()),
+        ("OBM_GATE_FORWARD_URL", hook.url.as_str()),
+        ("OBM_GATE_FORWARD_SECRET", secret),
+        ("OBM_GATE_FORWARD_INITIAL_BACKOFF", "20ms"),
+        ("OBM_GATE_FORWARD_MAX_BACKOFF", "100ms"),
+    ];
+    let procs: Vec<Proc> = dirs
+        .iter()
+        .map(|d| Proc::start_with_env(d.path(), &env))
+        .collect();
+    // Alternate between the receivers, as a load balancer would; every message goes to one.
+    let mut sent = Vec::new();
+    for m in 0..20 {
+        let (p, d) = (&procs[m % 2], &dirs[m % 2]);
+        let client = Client::new(p.addr, &server_cert(d.path()), Some(&id), None);
+        let ids = vec![nid(2 * m), nid(2 * m + 1)];
+        assert!(client.post(&message(ORG_A, &ids)).await.unwrap().is_ack());
+        sent.extend(ids.into_iter().map(|n| format!("{ORG_A}/{n}")));
+    }
+    let expected: BTreeSet<String> = sent.iter().cloned().collect();
+    eventually(
+        "every notification forwarded",
+        Duration::from_secs(20),
+        || hook.delivered_ids().into_iter().collect::<BTreeSet<_>>() == expected,
+    )
+    .await;
+    // One forwarder (the lock holder) delivers, in the order the database stored them.
+    assert_eq!(hook.delivered_ids(), sent, "each once, in order");
+    assert!(
+        hook.received()
+            .iter()
+            .all(|r| signature_verifies(secret, &r.signature, &r.body))
+    );
+    let leaders = procs
+        .iter()
+        .filter(|p| p.logged("holds the forwarding lock"))
+        .count();
+    assert_eq!(leaders, 1, "exactly one receiver forwards");
     for p in procs {
         p.kill();
     }

@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
 
 use super::{
-    Batch, Committed, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage,
-    Outgoing, Requeue, StoreError, StoredNotification, WriterContext, now_ms, now_rfc3339,
+    Batch, Committed, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage, Outgoing,
+    Requeue, StoreError, StoredNotification, WriterContext, now_ms, now_rfc3339,
 };
 
 /// A database that does not answer within these is treated as down (503; Salesforce retries).
@@ -222,8 +222,7 @@ impl Writer {
                 let messages: Vec<&NewMessage> = batch.messages.iter().map(|(m, _)| m).collect();
                 let updates: Vec<&ForwardUpdate> = batch.updates().collect();
                 let write = write(client, &messages, &updates, &received_at, forward);
-                match tokio::time::timeout(COMMIT_TIMEOUT, write).await
-                {
+                match tokio::time::timeout(COMMIT_TIMEOUT, write).await {
                     Ok(r) => r,
                     Err(_) => Err(err(format!(
                         "the commit did not finish within {COMMIT_TIMEOUT:?}"

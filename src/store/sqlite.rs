@@ -14,8 +14,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::mpsc;
 
 use super::{
-    Batch, Committed, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage,
-    Outgoing, Requeue, StoreError, StoredNotification, WriterContext, now_ms, now_rfc3339,
+    Batch, Committed, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage, Outgoing,
+    Requeue, StoreError, StoredNotification, WriterContext, now_ms, now_rfc3339,
 };
 use crate::ids::OrgId;
 
@@ -218,7 +218,11 @@ fn write<'m>(
                 if changed == 1 {
                     outcome.stored += 1;
                     if forward {
-                        queue.execute(params![tx.last_insert_rowid(), m.org.as_str(), queued_ms])?;
+                        queue.execute(params![
+                            tx.last_insert_rowid(),
+                            m.org.as_str(),
+                            queued_ms
+                        ])?;
                     }
                 } else {
                     outcome.duplicates += 1;
@@ -260,11 +264,12 @@ impl ForwardReader {
         let (conn, result) = tokio::task::spawn_blocking(move || {
             let conn = match conn {
                 Some(c) => c,
-                None => match Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-                {
-                    Ok(c) => c,
-                    Err(e) => return (None, Err(e)),
-                },
+                None => {
+                    match Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY) {
+                        Ok(c) => c,
+                        Err(e) => return (None, Err(e)),
+                    }
+                }
             };
             let result = heads(&conn, limit);
             (Some(conn), result)
@@ -308,7 +313,8 @@ fn heads(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Outgoing>> {
 /// receiver runs.
 pub fn requeue(path: &Path, which: &Requeue) -> Result<usize, StoreError> {
     let fail = |e: rusqlite::Error| StoreError::Write(format!("{}: {e}", path.display()));
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(fail)?;
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(fail)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(fail)?;
     let now = now_ms();
@@ -391,28 +397,29 @@ pub fn list(path: &Path, filter: &Filter) -> Result<Vec<StoredNotification>, Sto
                 filter.state.map(ForwardState::as_str)
             ],
             |r| {
-            let fields: String = r.get(5)?;
-            let state: Option<String> = r.get(9)?;
-            Ok(StoredNotification {
-                seq: r.get(0)?,
-                org_id: r.get(1)?,
-                action_id: r.get(2)?,
-                notification_id: r.get(3)?,
-                object_type: r.get(4)?,
-                fields: serde_json::from_str(&fields).unwrap_or(serde_json::Value::String(fields)),
-                received_at: r.get(6)?,
-                certificate_sha256: r.get(7)?,
-                peer_addr: r.get(8)?,
-                forward: match state.as_deref().and_then(ForwardState::parse) {
-                    Some(state) => Some(ForwardInfo {
-                        state,
-                        attempts: r.get(10)?,
-                        last_error: r.get(11)?,
-                    }),
-                    None => None,
-                },
-            })
-        },
+                let fields: String = r.get(5)?;
+                let state: Option<String> = r.get(9)?;
+                Ok(StoredNotification {
+                    seq: r.get(0)?,
+                    org_id: r.get(1)?,
+                    action_id: r.get(2)?,
+                    notification_id: r.get(3)?,
+                    object_type: r.get(4)?,
+                    fields: serde_json::from_str(&fields)
+                        .unwrap_or(serde_json::Value::String(fields)),
+                    received_at: r.get(6)?,
+                    certificate_sha256: r.get(7)?,
+                    peer_addr: r.get(8)?,
+                    forward: match state.as_deref().and_then(ForwardState::parse) {
+                        Some(state) => Some(ForwardInfo {
+                            state,
+                            attempts: r.get(10)?,
+                            last_error: r.get(11)?,
+                        }),
+                        None => None,
+                    },
+                })
+            },
         )
         .map_err(read_err)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(read_err)

@@ -4,6 +4,7 @@
 
 pub mod process;
 pub mod tcp_proxy;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -251,7 +252,10 @@ impl TestServer {
 
     /// The local store (every configuration but JetStream-only has one).
     pub fn store(&self) -> &obm_gate::store::Store {
-        self.state.store.as_deref().expect("this server has a local store")
+        self.state
+            .store
+            .as_deref()
+            .expect("this server has a local store")
     }
 
     pub fn stored(&self) -> Vec<obm_gate::store::StoredNotification> {
