@@ -1,4 +1,4 @@
-//! Loading a registry of 10,000 certificates from disk, and looking one up.
+//! Loading a registry of 100,000 certificates from disk, and looking one up in it.
 
 use std::hint::black_box;
 
@@ -7,8 +7,8 @@ use obm_gate::ids::Fingerprint;
 use obm_gate::registry::Snapshot;
 use rcgen::{CertificateParams, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
 
-const CERTS: usize = 10_000;
-const ORGS: usize = 1_000;
+const CERTS: usize = 100_000;
+const ORGS: usize = 10_000;
 
 /// Writes `CERTS` distinct certificates spread over `ORGS` org directories. One key signs them
 /// all: the registry's cost is reading, hashing and parsing, which does not depend on the key.
@@ -35,7 +35,7 @@ fn registry(c: &mut Criterion) {
     let probe = populate(dir.path());
     let mut group = c.benchmark_group("registry");
     group.sample_size(10);
-    group.bench_function("load_10000_certificates", |b| {
+    group.bench_function("load_100000_certificates", |b| {
         b.iter(|| {
             let s = Snapshot::read_dir(dir.path()).unwrap();
             assert_eq!(s.len(), CERTS);
@@ -44,7 +44,7 @@ fn registry(c: &mut Criterion) {
     });
     group.finish();
     let snapshot = Snapshot::read_dir(dir.path()).unwrap();
-    c.bench_function("registry/lookup_in_10000", |b| {
+    c.bench_function("registry/lookup_in_100000", |b| {
         b.iter(|| snapshot.get(black_box(&probe)).is_some())
     });
 }

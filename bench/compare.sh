@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# obm-gate against nginx, side by side on loopback, in one run (see BENCHMARKS.md).
+#
+#   bench/compare.sh                 # every scenario, 10 s per run
+#   DUR=5 bench/compare.sh           # shorter runs
+#
+# Both servers get the same ECDSA P-256 server certificate and the same RSA-2048 client
+# certificate. nginx: ssl_verify_client on, the client certificate as its trust list,
+# `return 200` with the canonical ack (it neither parses nor stores). obm-gate: its full path
+# (registry, parse, org binding, SQLite group commit with synchronous=FULL, ack).
+# Results: bench/results/results.jsonl, then bench/report.py writes the table and the plot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${DUR:-10}
+OUT=${OUT:-bench/results}
+NGINX_PORT=18443
+GATE_PORT=18444
+ORG=00Dxx0000001gPFEAY
+mkdir -p "$OUT"
+: > "$OUT/results.jsonl"
+
+# --- what it needs -------------------------------------------------------------------------
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if ((${#missing[@]})); then
+  apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+command -v oha >/dev/null 2>&1 || cargo install --locked oha
+cargo build --release --locked --bin obm-gate --example loadgen
+GATE=target/release/obm-gate
+LOADGEN=target/release/examples/loadgen
+ulimit -n 30000
+
+W=$(mktemp -d /tmp/obm-bench.XXXXXX)
+cleanup() {
+  [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null || true
+  [ -n "${GATE_PID:-}" ] && kill "$GATE_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+# --- certificates --------------------------------------------------------------------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+  -keyout "$W/server.key" -out "$W/server.pem" -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost 2>/dev/null
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -keyout "$W/client.key" -out "$W/client.pem" \
+  -subj "/CN=bench client/O=obm-gate bench" -addext extendedKeyUsage=clientAuth 2>/dev/null
+mkdir -p "$W/orgs/$ORG" "$W/nginx"
+cp "$W/client.pem" "$W/orgs/$ORG/bench.pem"
+
+# --- nginx ---------------------------------------------------------------------------------
+# The same bytes as obm-gate's soap::ACK.
+ACK='<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>'
+cat > "$W/nginx.conf" <<CONF
+worker_processes auto;
+worker_rlimit_nofile 30000;
+pid $W/nginx.pid;
+error_log $W/nginx/error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  client_body_temp_path $W/nginx;
+  proxy_temp_path $W/nginx; fastcgi_temp_path $W/nginx; uwsgi_temp_path $W/nginx; scgi_temp_path $W/nginx;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  client_max_body_size 8m;
+  client_body_buffer_size 128k;
+  server {
+    listen 127.0.0.1:$NGINX_PORT ssl;
+    ssl_certificate $W/server.pem;
+    ssl_certificate_key $W/server.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_verify_client on;
+    ssl_client_certificate $W/client.pem;
+    ssl_session_cache shared:SSL:20m;
+    location = /obm {
+      default_type "text/xml; charset=utf-8";
+      return 200 '$ACK';
+    }
+  }
+}
+CONF
+"$NGINX" -c "$W/nginx.conf" -p "$W/nginx"
+
+# --- obm-gate ------------------------------------------------------------------------------
+OBM_GATE_LISTEN_ADDRESS=127.0.0.1:$GATE_PORT OBM_GATE_ADMIN_ADDRESS=127.0.0.1:19090 \
+OBM_GATE_TLS_CERTIFICATE=$W/server.pem OBM_GATE_TLS_PRIVATE_KEY=$W/server.key \
+OBM_GATE_REGISTRY_DIRECTORY=$W/orgs OBM_GATE_STORE_PATH=$W/data/obm-gate.db \
+OBM_GATE_LIMITS_MAX_CONNECTIONS=20000 RUST_LOG=warn \
+  "$GATE" serve > "$W/gate.log" 2>&1 &
+GATE_PID=$!
+for _ in $(seq 100); do
+  (exec 3<>/dev/tcp/127.0.0.1/$GATE_PORT) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/$NGINX_PORT) 2>/dev/null && break
+  sleep 0.1
+done
+
+# --- measuring -----------------------------------------------------------------------------
+pids() { # the server's processes
+  if [ "$1" = nginx ]; then
+    local master; master=$(cat "$W/nginx.pid"); echo "$master $(pgrep -P "$master" | tr '\n' ' ')"
+  else
+    echo "$GATE_PID"
+  fi
+}
+ticks() { local t=0; for p in $(pids "$1"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+rss_kb() { local r=0; for p in $(pids "$1"); do r=$((r + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $r; }
+port() { [ "$1" = nginx ] && echo $NGINX_PORT || echo $GATE_PORT; }
+HZ=$(getconf CLK_TCK)
+
+# record SCENARIO SERVER CLIENT JSON_FROM_CLIENT CPU_TICKS
+record() {
+  python3 - "$@" "$HZ" "$(rss_kb "$2")" >> "$OUT/results.jsonl" <<'PY'
+import json, sys
+scenario, server, client, raw, ticks, hz, rss = sys.argv[1:8]
+r = json.loads(raw)
+r.update(scenario=scenario, server=server, client=client, cpu_seconds=int(ticks) / int(hz), rss_kb=int(rss))
+n = r.get("requests") or 0
+r["cpu_ms_per_msg"] = r["cpu_seconds"] * 1000 / n if n else None
+print(json.dumps(r))
+PY
+  tail -n 1 "$OUT/results.jsonl"
+}
+
+loadgen() { # SCENARIO SERVER ARGS...
+  local scenario=$1 server=$2; shift 2
+  local t0 json; t0=$(ticks "$server")
+  json=$("$LOADGEN" --addr 127.0.0.1:"$(port "$server")" --cert "$W/client.pem" --key "$W/client.key" \
+    --ca "$W/server.pem" --org "$ORG" --duration "$DUR" "$@" | tail -n 1)
+  record "$scenario" "$server" loadgen "$json" $(( $(ticks "$server") - t0 ))
+}
+
+oha_run() { # SCENARIO SERVER CONCURRENCY
+  local scenario=$1 server=$2 c=$3 t0 json
+  "$LOADGEN" --help >/dev/null
+  t0=$(ticks "$server")
+  json=$(oha -z "${DUR}s" -c "$c" --no-tui --output-format json -m POST \
+    -H 'SOAPAction: ""' -T 'text/xml; charset=utf-8' -D "$W/one.xml" \
+    --cacert "$W/server.pem" --cert "$W/client.pem" --key "$W/client.key" \
+    "https://localhost:$(port "$server")/obm" | python3 -c '
+import json, sys
+r = json.load(sys.stdin); s = r["summary"]; p = r["latencyPercentiles"]
+codes = r.get("statusCodeDistribution", {})
+ok = int(codes.get("200", 0))
+print(json.dumps({"mode": "keepalive-same-body", "concurrency": '"$c"', "requests": ok,
+  "errors": sum(int(v) for k, v in codes.items() if k != "200"), "seconds": s["total"],
+  "rate": ok / s["total"], "p50_ms": p["p50"] * 1000, "p99_ms": p["p99"] * 1000}))')
+  record "$scenario" "$server" oha "$json" $(( $(ticks "$server") - t0 ))
+}
+
+s_time() { # SCENARIO SERVER -new|-reuse
+  local scenario=$1 server=$2 flag=$3 t0 out rate
+  t0=$(ticks "$server")
+  out=$(openssl s_time -connect 127.0.0.1:"$(port "$server")" "$flag" -time "$DUR" \
+    -cert "$W/client.pem" -key "$W/client.key" -CAfile "$W/server.pem" 2>&1 || true)
+  rate=$(echo "$out" | sed -n 's/.*connections in .* real seconds, .*//; s/^\([0-9]*\) connections in \([0-9.]*\)s; \([0-9.]*\) connections\/user sec.*/\1 \2/p' | head -n 1)
+  local n secs; n=${rate% *}; secs=${rate#* }
+  [ -n "$n" ] || { echo "s_time: no result: $out" >&2; return 0; }
+  record "$scenario" "$server" "openssl s_time $flag" \
+    "{\"mode\":\"s_time$flag\",\"concurrency\":1,\"requests\":$n,\"errors\":0,\"seconds\":$secs,\"rate\":$(python3 -c "print($n/$secs)")}" \
+    $(( $(ticks "$server") - t0 ))
+}
+
+# One fixed message for oha (obm-gate stores it once; every later one takes the duplicate path).
+"$LOADGEN" --help >/dev/null
+python3 - "$W/one.xml" "$ORG" <<'PY'
+import sys
+path, org = sys.argv[1:3]
+open(path, "w").write(f'<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>{org}</OrganizationId><ActionId>04kxx00000000blCAA</ActionId><SessionId xsi:nil="true"/><EnterpriseUrl>https://example.my.salesforce.com/services/Soap/c/60.0/00Dxx0000001gPF</EnterpriseUrl><PartnerUrl>https://example.my.salesforce.com/services/Soap/u/60.0/00Dxx0000001gPF</PartnerUrl><Notification><Id>04l000000000000001</Id><sObject xsi:type="sf:Contact" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>003xx000004TmiQAAS</sf:Id><sf:LastName>Black</sf:LastName></sObject></Notification></notifications></soapenv:Body></soapenv:Envelope>')
+PY
+
+for server in nginx obm-gate; do
+  echo "== $server"
+  loadgen a "$server" --mode new --concurrency 16
+  s_time a "$server" -new
+  loadgen b "$server" --mode resume --concurrency 16
+  s_time b "$server" -reuse
+  for c in 1 16 128; do
+    loadgen c "$server" --mode keepalive --concurrency "$c"
+    oha_run c-same-body "$server" "$c"
+  done
+  loadgen d "$server" --mode keepalive --concurrency 16 --notifications 100
+  # (e) 10,000 idle connections: RSS with them held, minus RSS before.
+  before=$(rss_kb "$server")
+  "$LOADGEN" --addr 127.0.0.1:"$(port "$server")" --cert "$W/client.pem" --key "$W/client.key" \
+    --ca "$W/server.pem" --org "$ORG" --mode idle --concurrency 10000 --duration 600 \
+    > "$W/idle.out" 2>&1 &
+  idle=$!
+  for _ in $(seq 600); do grep -q holding "$W/idle.out" && break; sleep 0.2; done
+  held=$(grep -o '"held":[0-9]*' "$W/idle.out" | cut -d: -f2)
+  after=$(rss_kb "$server")
+  kill $idle; wait $idle 2>/dev/null || true
+  record e "$server" loadgen \
+    "{\"mode\":\"idle\",\"held\":${held:-0},\"rss_before_kb\":$before,\"rss_held_kb\":$after,\"kib_per_connection\":$(python3 -c "print(($after-$before)/max(1,${held:-0}))")}" 0
+done
+
+# The machine's limit: the crypto of one full mutual-TLS handshake, on one core.
+cargo bench --locked --bench handshake_crypto -- --noplot 2>&1 | grep -E '^handshake_crypto|time:' || true
+python3 bench/report.py "$OUT"

@@ -1,0 +1,73 @@
+//! The store's acknowledgments per second against batch size: `b` messages (one notification
+//! each, new IDs) committed at once, so the writer's group commit takes them in one
+//! transaction with one fsync (SQLite, WAL, synchronous=FULL, on this machine's disk).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use obm_gate::ids::{Fingerprint, OrgId};
+use obm_gate::metrics::Metrics;
+use obm_gate::store::{NewMessage, NewNotification, Store};
+
+fn store(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = obm_gate::Config::default().store;
+    config.path = dir.path().join("bench.db");
+    let store = Arc::new(
+        rt.block_on(Store::open(&config, false, Arc::new(Metrics::new())))
+            .unwrap(),
+    );
+    let org = OrgId::parse("00Dxx0000001gPFEAY").unwrap();
+    let fields = [("Id", "003xx000004TmiQAAS"), ("LastName", "Black")];
+    let mut next = 0u64;
+    let mut g = c.benchmark_group("store_acks");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(4));
+    for batch in [1usize, 8, 64, 256] {
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, &batch| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let messages: Vec<NewMessage> = (0..batch)
+                        .map(|_| {
+                            next += 1;
+                            NewMessage {
+                                org,
+                                action_id: "04kxx00000000blCAA".into(),
+                                certificate: Fingerprint::of_der(b"bench"),
+                                peer: "127.0.0.1:1".into(),
+                                notifications: vec![NewNotification::new(
+                                    &format!("04l{next:015}"),
+                                    "Contact",
+                                    &fields,
+                                )],
+                            }
+                        })
+                        .collect();
+                    let t = Instant::now();
+                    rt.block_on(async {
+                        let commits: Vec<_> = messages
+                            .into_iter()
+                            .map(|m| {
+                                let s = store.clone();
+                                tokio::spawn(async move { s.commit(m).await.unwrap() })
+                            })
+                            .collect();
+                        for c in commits {
+                            assert_eq!(c.await.unwrap().stored, 1);
+                        }
+                    });
+                    total += t.elapsed();
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, store);
+criterion_main!(benches);
