@@ -3,6 +3,8 @@
 #
 #   bench/compare.sh                 # every scenario, 10 s per run
 #   DUR=5 bench/compare.sh           # shorter runs
+#   ONLY="c d" SERVERS=obm-gate bench/compare.sh   # some scenarios (a b c d e), one server
+#   KEEP=1 bench/compare.sh          # leave both servers running afterwards (for perf), print W
 #
 # Both servers get the same ECDSA P-256 server certificate and the same RSA-2048 client
 # certificate. nginx: ssl_verify_client on, the client certificate as its trust list,
@@ -12,6 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10}
+ONLY=${ONLY:-a b c d e}
+SERVERS=${SERVERS:-nginx obm-gate}
 OUT=${OUT:-bench/results}
 NGINX_PORT=18443
 GATE_PORT=18444
@@ -32,7 +36,7 @@ command -v oha >/dev/null 2>&1 || cargo install --locked oha
 cargo build --release --locked --bin obm-gate --example loadgen
 GATE=target/release/obm-gate
 LOADGEN=target/release/examples/loadgen
-ulimit -n 30000
+ulimit -n "$(ulimit -Hn)"  # 10,000 idle connections need more than the usual 1,024
 
 W=$(mktemp -d /tmp/obm-bench.XXXXXX)
 cleanup() {
@@ -46,21 +50,28 @@ trap cleanup EXIT
 # --- certificates --------------------------------------------------------------------------
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
   -keyout "$W/server.key" -out "$W/server.pem" -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost 2>/dev/null
+  -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE 2>/dev/null
 openssl req -x509 -newkey rsa:2048 -nodes -days 30 -keyout "$W/client.key" -out "$W/client.pem" \
-  -subj "/CN=bench client/O=obm-gate bench" -addext extendedKeyUsage=clientAuth 2>/dev/null
+  -subj "/CN=bench client/O=obm-gate bench" -addext extendedKeyUsage=clientAuth \
+  -addext basicConstraints=critical,CA:FALSE 2>/dev/null
 mkdir -p "$W/orgs/$ORG" "$W/nginx"
 cp "$W/client.pem" "$W/orgs/$ORG/bench.pem"
+
+for p in $NGINX_PORT $GATE_PORT 19090; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
+    echo "compare.sh: port $p is in use (a server left from an earlier run?)" >&2; exit 1
+  fi
+done
 
 # --- nginx ---------------------------------------------------------------------------------
 # The same bytes as obm-gate's soap::ACK.
 ACK='<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>'
 cat > "$W/nginx.conf" <<CONF
 worker_processes auto;
-worker_rlimit_nofile 30000;
+worker_rlimit_nofile 20000;
 pid $W/nginx.pid;
 error_log $W/nginx/error.log warn;
-events { worker_connections 20000; }
+events { worker_connections 12000; }
 http {
   access_log off;
   client_body_temp_path $W/nginx;
@@ -97,6 +108,7 @@ for _ in $(seq 100); do
   (exec 3<>/dev/tcp/127.0.0.1/$GATE_PORT) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/$NGINX_PORT) 2>/dev/null && break
   sleep 0.1
 done
+kill -0 "$GATE_PID" 2>/dev/null || { echo "compare.sh: obm-gate did not start:" >&2; cat "$W/gate.log" >&2; exit 1; }
 
 # --- measuring -----------------------------------------------------------------------------
 pids() { # the server's processes
@@ -172,17 +184,25 @@ path, org = sys.argv[1:3]
 open(path, "w").write(f'<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>{org}</OrganizationId><ActionId>04kxx00000000blCAA</ActionId><SessionId xsi:nil="true"/><EnterpriseUrl>https://example.my.salesforce.com/services/Soap/c/60.0/00Dxx0000001gPF</EnterpriseUrl><PartnerUrl>https://example.my.salesforce.com/services/Soap/u/60.0/00Dxx0000001gPF</PartnerUrl><Notification><Id>04l000000000000001</Id><sObject xsi:type="sf:Contact" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>003xx000004TmiQAAS</sf:Id><sf:LastName>Black</sf:LastName></sObject></Notification></notifications></soapenv:Body></soapenv:Envelope>')
 PY
 
-for server in nginx obm-gate; do
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+for server in $SERVERS; do
   echo "== $server"
-  loadgen a "$server" --mode new --concurrency 16
-  s_time a "$server" -new
-  loadgen b "$server" --mode resume --concurrency 16
-  s_time b "$server" -reuse
-  for c in 1 16 128; do
-    loadgen c "$server" --mode keepalive --concurrency "$c"
-    oha_run c-same-body "$server" "$c"
-  done
-  loadgen d "$server" --mode keepalive --concurrency 16 --notifications 100
+  if want a; then
+    loadgen a "$server" --mode new --concurrency 16
+    s_time a "$server" -new
+  fi
+  if want b; then
+    loadgen b "$server" --mode resume --concurrency 16
+    s_time b "$server" -reuse
+  fi
+  if want c; then
+    for c in 1 16 128; do
+      loadgen c "$server" --mode keepalive --concurrency "$c"
+      oha_run c-same-body "$server" "$c"
+    done
+  fi
+  want d && loadgen d "$server" --mode keepalive --concurrency 16 --notifications 100
+  want e || continue
   # (e) 10,000 idle connections: RSS with them held, minus RSS before.
   before=$(rss_kb "$server")
   "$LOADGEN" --addr 127.0.0.1:"$(port "$server")" --cert "$W/client.pem" --key "$W/client.key" \
@@ -197,6 +217,10 @@ for server in nginx obm-gate; do
     "{\"mode\":\"idle\",\"held\":${held:-0},\"rss_before_kb\":$before,\"rss_held_kb\":$after,\"kib_per_connection\":$(python3 -c "print(($after-$before)/max(1,${held:-0}))")}" 0
 done
 
+if [ -n "${KEEP:-}" ]; then
+  echo "servers still running (W=$W, obm-gate pid $GATE_PID); press Enter to stop them"
+  read -r _
+fi
 # The machine's limit: the crypto of one full mutual-TLS handshake, on one core.
 cargo bench --locked --bench handshake_crypto -- --noplot 2>&1 | grep -E '^handshake_crypto|time:' || true
 python3 bench/report.py "$OUT"

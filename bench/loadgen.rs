@@ -183,8 +183,10 @@ async fn main() {
                 if sender.is_none() || args.mode != "keepalive" {
                     match connect(&args, &tls).await {
                         Ok(s) => sender = Some(s),
-                        Err(_) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
+                        Err(e) => {
+                            if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                                eprintln!("first error: {e}");
+                            }
                             continue;
                         }
                     }
@@ -192,8 +194,10 @@ async fn main() {
                 let Some(s) = sender.as_mut() else { continue };
                 match post(&args, s, b).await {
                     Ok(()) => latencies.push(t.elapsed().as_micros() as u32),
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("first error: {e}");
+                        }
                         sender = None;
                     }
                 }

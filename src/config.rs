@@ -883,6 +883,42 @@ mod tests {
     }
 
     #[test]
+    fn downstream_settings_are_checked_together() {
+        let text = r#"
+            [jetstream]
+            mode = "only"
+            subject = "obm.*"
+            [forward]
+            url = "http://hooks.example.com/obm"
+            secret = "short"
+            initial_backoff = "10m"
+        "#;
+        let joined = parse(
+            text,
+            &env(&[("OBM_GATE_JETSTREAM_URL", "nats://127.0.0.1:4222")]),
+        )
+        .unwrap_err()
+        .0
+        .join("\n");
+        for needle in [
+            "[jetstream] subject",
+            "[forward] url: \"http://hooks.example.com/obm\" is plain HTTP",
+            "[forward] secret",
+            "initial_backoff must not exceed max_backoff",
+            "mode = \"only\" turns off",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+        // Loopback HTTP is fine; a secret from the environment; Debug never shows it.
+        let ok = parse(
+            "[forward]\nurl = \"http://127.0.0.1:8080/hook\"",
+            &env(&[("OBM_GATE_FORWARD_SECRET", "0123456789abcdef-secret")]),
+        )
+        .unwrap();
+        assert!(!format!("{ok:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
     fn invalid_toml_is_reported() {
         let errors = parse("[listen\n", &env(&[])).unwrap_err().0;
         assert!(errors[0].contains("not valid TOML"), "{errors:?}");
