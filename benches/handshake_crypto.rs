@@ -53,6 +53,14 @@ fn handshake_crypto(c: &mut Criterion) {
     g.bench_function("rsa2048_pss_verify", |b| {
         b.iter(|| public.verify(black_box(&transcript), &sig).unwrap())
     });
+    // Not the server's: what every *client* pays per full handshake (its CertificateVerify).
+    // On a machine shared by client and server it bounds scenario (a) long before the server.
+    g.bench_function("client_rsa2048_pss_sign", |b| {
+        b.iter(|| {
+            rsa.sign(&RSA_PSS_SHA256, &rng, black_box(&transcript), &mut sig)
+                .unwrap()
+        })
+    });
     g.finish();
 }
 

@@ -47,6 +47,8 @@ pub struct Webhook {
     answer: watch::Sender<Answer>,
     /// Requests received but not answered yet.
     waiting: Arc<AtomicUsize>,
+    /// The most requests ever waiting at once.
+    peak: Arc<AtomicUsize>,
 }
 
 impl Webhook {
@@ -57,14 +59,23 @@ impl Webhook {
         let fail_first = Arc::new(AtomicUsize::new(0));
         let (answer, answers) = watch::channel(Answer::Ok);
         let waiting = Arc::new(AtomicUsize::new(0));
-        let (r, f, w) = (received.clone(), fail_first.clone(), waiting.clone());
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (r, f, w, pk) = (
+            received.clone(),
+            fail_first.clone(),
+            waiting.clone(),
+            peak.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (r, f, w, answers) = (r.clone(), f.clone(), w.clone(), answers.clone());
+                let (r, f, w, pk, answers) =
+                    (r.clone(), f.clone(), w.clone(), pk.clone(), answers.clone());
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (r, f, w, mut answers) = (r.clone(), f.clone(), w.clone(), answers.clone());
+                    let (r, f, w, pk, mut answers) =
+                        (r.clone(), f.clone(), w.clone(), pk.clone(), answers.clone());
                     async move {
-                        w.fetch_add(1, Ordering::SeqCst);
+                        let now = w.fetch_add(1, Ordering::SeqCst) + 1;
+                        pk.fetch_max(now, Ordering::SeqCst);
                         let header = |name: &str| {
                             req.headers()
                                 .get(name)
@@ -126,6 +137,7 @@ impl Webhook {
             fail_first,
             answer,
             waiting,
+            peak,
         }
     }
 
@@ -141,6 +153,11 @@ impl Webhook {
     /// Requests received and not answered yet (held).
     pub fn in_flight(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// The most requests that were ever in flight at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<Received> {
