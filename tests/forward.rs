@@ -132,6 +132,22 @@ async fn every_notification_reaches_a_failing_webhook_signed_and_in_order_per_or
     server.stop().await;
 }
 
+/// Waits (up to 10 s) until `n` notifications are dead-lettered.
+async fn until_dead(server: &TestServer, n: usize) {
+    let dead = Filter {
+        state: Some(ForwardState::Dead),
+        ..Filter::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.store().list(&dead).await.unwrap().len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} not dead-lettered in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `obm-gate messages …` against the test server's store.
 async fn cli(server: &TestServer, args: &[&str]) -> (bool, String) {
     let out = tokio::process::Command::new(BIN)
@@ -174,16 +190,7 @@ async fn dead_letters_are_listed_and_replayed() {
     );
 
     // Three attempts each, then dead; a dead head does not block the org's next one.
-    let dead = Filter {
-        state: Some(ForwardState::Dead),
-        ..Filter::default()
-    };
-    let store = server.state.store.clone().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while store.list(&dead).await.unwrap().len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "not dead-lettered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_dead(&server, 2).await;
     assert_eq!(hook.received().len(), 6, "3 attempts × 2 notifications");
     let (ok, listed) = cli(&server, &["list", "--state", "dead", "--json"]).await;
     assert!(ok, "{listed}");
@@ -247,19 +254,7 @@ async fn a_notification_older_than_max_age_is_dead_lettered_after_one_failure() 
             .unwrap()
             .is_ack()
     );
-    let store = server.state.store.clone().unwrap();
-    let dead = Filter {
-        state: Some(ForwardState::Dead),
-        ..Filter::default()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while store.list(&dead).await.unwrap().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not dead-lettered by age"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_dead(&server, 1).await;
     assert_eq!(hook.received().len(), 1);
     server.stop().await;
 }
