@@ -100,8 +100,13 @@ async fn readiness(state: &AppState) -> Result<(), String> {
             dir.display()
         ));
     }
+    if let Some(jetstream) = &state.jetstream
+        && !jetstream.is_connected()
+    {
+        return Err("not connected to NATS (JetStream publishing would fail)".into());
+    }
     let Some(store) = &state.store else {
-        // Stateless (JetStream only): a publish is the write; NATS' own reconnects cover it.
+        // Stateless (JetStream only): the NATS connection checked above is the durable path.
         return Ok(());
     };
     match tokio::time::timeout(PROBE_TIMEOUT, store.probe_writable()).await {

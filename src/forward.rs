@@ -105,8 +105,8 @@ impl Forwarder {
         })
     }
 
-    /// Forwards until `stop`. Attempts still in flight then are dropped: they were not
-    /// recorded, so they are delivered again after the restart.
+    /// Forwards until `stop`, then lets the attempts in flight finish (within `timeout`).
+    /// One cut off was not recorded, so it is delivered again after the restart.
     pub async fn run(self, stop: CancellationToken) {
         let stored = self.store.stored_signal();
         let mut reader = self.store.forward_reader();
@@ -153,7 +153,13 @@ impl Forwarder {
                 }
             }
         }
-        tasks.shutdown().await;
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.cfg.timeout + Duration::from_secs(1), drain)
+            .await
+            .is_err()
+        {
+            tasks.shutdown().await;
+        }
     }
 
     /// One delivery attempt and its recording; returns the org, free for its next one.

@@ -38,6 +38,7 @@ pub struct Published {
 
 /// A connection to NATS with the stream checked.
 pub struct Publisher {
+    client: async_nats::Client,
     context: jetstream::Context,
     subject: String,
     timeout: Duration,
@@ -65,14 +66,21 @@ impl Publisher {
             .timeout(cfg.publish_timeout)
             .max_ack_inflight(16_384)
             .backpressure_on_inflight(true)
-            .build(client);
+            .build(client.clone());
         let publisher = Publisher {
+            client,
             context,
             subject: cfg.subject.clone(),
             timeout: cfg.publish_timeout,
         };
         publisher.ensure_stream(cfg).await?;
         Ok(publisher)
+    }
+
+    /// Connected to NATS right now (for `/readyz`: a receiver that cannot publish should not
+    /// get traffic).
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     /// The subjects the stream must capture.

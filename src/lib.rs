@@ -188,9 +188,16 @@ impl Server {
             self.watch,
             stop_reload.clone(),
         ));
+        // The forwarder stops taking new work as soon as shutdown begins, and finishes what is
+        // in flight while connections drain, so its results reach the store before it closes.
+        let stop_forward = tokio_util::sync::CancellationToken::new();
         let forwarder = self
             .forwarder
-            .map(|f| tokio::spawn(f.run(stop_reload.clone())));
+            .map(|f| tokio::spawn(f.run(stop_forward.clone())));
+        let shutdown = async move {
+            shutdown.await;
+            stop_forward.cancel();
+        };
         let served = listener::run(self.state, self.acceptor, listener, grace, shutdown).await;
         stop_reload.cancel();
         let _ = reloader.await;

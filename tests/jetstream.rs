@@ -213,8 +213,12 @@ async fn jetstream_only_mode_keeps_no_local_store_and_refuses_without_nats() {
     let reply = client.post(&message(ORG_A, &[nid(3)])).await.unwrap();
     assert_eq!(reply.status, 503, "{reply:?}");
     assert!(reply.faultstring().contains("not acknowledged"));
+    let readyz = admin_get(&server.state, "/readyz").await;
+    assert_eq!(readyz.0, 503, "not ready without NATS: {readyz:?}");
+    assert!(readyz.1.contains("NATS"), "{readyz:?}");
     proxy.up();
     post_until_ack(&client, &message(ORG_A, &[nid(3)])).await;
+    assert_eq!(admin_get(&server.state, "/readyz").await.0, 200);
     assert_eq!(stream_contents(&stream).await.len(), 3);
     server.stop().await;
     context().await.delete_stream(&stream).await.unwrap();

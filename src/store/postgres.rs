@@ -332,6 +332,8 @@ async fn write(
 pub struct ForwardReader {
     url: String,
     client: Option<Client>,
+    /// This session holds the forwarding lock.
+    leader: bool,
 }
 
 impl ForwardReader {
@@ -339,6 +341,7 @@ impl ForwardReader {
         ForwardReader {
             url: url.to_owned(),
             client: None,
+            leader: false,
         }
     }
 
@@ -347,25 +350,29 @@ impl ForwardReader {
         if r.is_err() {
             // Reconnect next time; a lost session also released the lock.
             self.client = None;
+            self.leader = false;
         }
         r
     }
 
     async fn try_heads(&mut self, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            let client = connect(&self.url).await?;
-            let leader: bool = client
+            self.client = Some(connect(&self.url).await?);
+            self.leader = false;
+        }
+        let client = self.client.as_ref().ok_or(StoreError::Unavailable)?;
+        if !self.leader {
+            self.leader = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&FORWARD_LOCK])
                 .await
                 .map_err(err)?
                 .get(0);
-            if !leader {
+            if !self.leader {
+                // Another receiver forwards; stand by and ask again at the next poll.
                 return Ok(Vec::new());
             }
             tracing::info!("this receiver forwards to the webhook (holds the forwarding lock)");
-            self.client = Some(client);
         }
-        let client = self.client.as_ref().ok_or(StoreError::Unavailable)?;
         let rows = tokio::time::timeout(
             COMMIT_TIMEOUT,
             client.query(
