@@ -299,16 +299,7 @@ async fn process(
         let published = jetstream.publish(&org, documents).await?;
         state
             .metrics
-            .jetstream_published
-            .get_or_create(&crate::metrics::OutcomeLabels { outcome: "stored" })
-            .inc_by(published.stored as u64);
-        state
-            .metrics
-            .jetstream_published
-            .get_or_create(&crate::metrics::OutcomeLabels {
-                outcome: "duplicate",
-            })
-            .inc_by(published.duplicates as u64);
+            .published(published.stored, published.duplicates);
         if state.store.is_none() {
             seen.stored = published.stored;
             seen.duplicates = published.duplicates;

@@ -174,6 +174,15 @@ impl Metrics {
             .inc()
     }
 
+    /// Records what JetStream did with a message's notifications.
+    pub fn published(&self, stored: usize, duplicates: usize) {
+        for (outcome, n) in [("stored", stored), ("duplicate", duplicates)] {
+            self.jetstream_published
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(n as u64);
+        }
+    }
+
     pub fn request(&self, status: u16, reason: &'static str) {
         self.requests
             .get_or_create(&RequestLabels { status, reason })
