@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::process::*;
-use common::webhook::{Answer, Webhook, signature_verifies};
+use common::webhook::{Answer, Webhook, WebhookTls, signature_verifies};
 use common::*;
 use obm_gate::store::{Filter, ForwardState};
 
@@ -337,4 +337,71 @@ async fn kill_9_mid_forward_loses_nothing_and_repeats_only_the_same_ids() {
             .collect::<Vec<_>>()
     );
     proc.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_is_verified_against_the_configured_ca() {
+    let tls = WebhookTls::new();
+    let hook = Webhook::start_tls(&tls).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("webhook-ca.pem");
+    std::fs::write(&ca, &tls.cert_pem).unwrap();
+
+    // Without the CA the endpoint's certificate is not trusted: nothing is delivered, and the
+    // stored error says why.
+    let untrusted = TestServer::start_with(|c, _| {
+        forward_to(c, &hook);
+        c.forward.max_attempts = 1;
+    })
+    .await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "tls"));
+    untrusted.register(ORG_A, "tls", &id);
+    assert!(
+        untrusted
+            .client(Some(&id))
+            .post(&message(ORG_A, &[nid(1)]))
+            .await
+            .unwrap()
+            .is_ack()
+    );
+    until_dead(&untrusted, 1).await;
+    let dead = untrusted
+        .store()
+        .list(&Filter {
+            state: Some(ForwardState::Dead),
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    let error = dead[0]
+        .forward
+        .as_ref()
+        .unwrap()
+        .last_error
+        .clone()
+        .unwrap();
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+    assert!(hook.received().is_empty());
+    untrusted.stop().await;
+
+    // With [forward] ca_certificates it is.
+    let trusted = TestServer::start_with(|c, _| {
+        forward_to(c, &hook);
+        c.forward.ca_certificates = vec![ca.clone()];
+    })
+    .await;
+    trusted.register(ORG_A, "tls", &id);
+    assert!(
+        trusted
+            .client(Some(&id))
+            .post(&message(ORG_A, &[nid(2)]))
+            .await
+            .unwrap()
+            .is_ack()
+    );
+    eventually("delivered over HTTPS", Duration::from_secs(10), || {
+        hook.delivered_ids() == vec![format!("{ORG_A}/{}", nid(2))]
+    })
+    .await;
+    trusted.stop().await;
 }

@@ -51,10 +51,51 @@ pub struct Webhook {
     peak: Arc<AtomicUsize>,
 }
 
+/// The certificate an HTTPS webhook serves (self-signed for `localhost`), as PEM.
+pub struct WebhookTls {
+    pub cert_pem: String,
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl WebhookTls {
+    pub fn new() -> WebhookTls {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der_key = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(super::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], der_key)
+            .unwrap();
+        WebhookTls {
+            cert_pem: cert.pem(),
+            config: Arc::new(config),
+        }
+    }
+}
+
 impl Webhook {
     pub async fn start() -> Webhook {
+        Self::start_with(None).await
+    }
+
+    /// An HTTPS endpoint at `https://localhost:<port>/hook`.
+    pub async fn start_tls(tls: &WebhookTls) -> Webhook {
+        Self::start_with(Some(tls.config.clone())).await
+    }
+
+    async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Webhook {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let port = listener.local_addr().unwrap().port();
+        let url = match tls {
+            Some(_) => format!("https://localhost:{port}/hook"),
+            None => format!("http://127.0.0.1:{port}/hook"),
+        };
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let fail_first = Arc::new(AtomicUsize::new(0));
         let (answer, answers) = watch::channel(Answer::Ok);
@@ -124,10 +165,19 @@ impl Webhook {
                         Ok::<_, Infallible>(response)
                     }
                 });
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(tcp).await {
+                                let _ = http.serve_connection(TokioIo::new(tls), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                        }
+                    }
                 });
             }
         });
