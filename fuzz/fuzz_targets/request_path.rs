@@ -36,7 +36,7 @@ fn world() -> &'static World {
         let db_dir = if shm.is_dir() { tempfile::tempdir_in(shm).unwrap() } else { tempfile::tempdir().unwrap() };
         config.store.path = db_dir.keep().join("fuzz.db");
         let metrics = Arc::new(obm_gate::metrics::Metrics::new());
-        let store = Arc::new(runtime.block_on(obm_gate::store::Store::open(&config.store, metrics.clone())).unwrap());
+        let store = Arc::new(runtime.block_on(obm_gate::store::Store::open(&config.store, false, metrics.clone())).unwrap());
         // A registry holding one certificate for the org the seeds use.
         let orgs = dir.path().join("orgs/00Dxx0000001gPFEAY");
         std::fs::create_dir_all(&orgs).unwrap();
@@ -47,7 +47,8 @@ fn world() -> &'static World {
         let state = Arc::new(AppState {
             config,
             registry,
-            store,
+            store: Some(store),
+            jetstream: None,
             metrics,
             accepting: Default::default(),
             admin_address: Default::default(),
