@@ -8,6 +8,11 @@
 //! holding its message has committed or failed; that is what lets the request path acknowledge
 //! only what is durable. Deduplication is on (org, notification ID), by a unique key, so it
 //! holds across several receivers sharing one PostgreSQL.
+//!
+//! With forwarding on, each newly stored notification is also queued for the webhook in the same
+//! transaction; the forwarder reads that queue on its own connection ([`ForwardReader`]) and
+//! records its results through the writer ([`Store::record_forward`]), so they join the next
+//! group commit.
 
 pub mod postgres;
 pub mod sqlite;
