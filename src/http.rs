@@ -141,6 +141,7 @@ pub async fn handle(
     conn: Arc<Connection>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     conn.hooks.request_started();
+    conn.state.metrics.requests_in_flight.inc();
     let started = Instant::now();
     let mut seen = Seen::default();
     let result = process(req, &conn, &mut seen).await;
@@ -197,6 +198,7 @@ pub async fn handle(
         }
     };
     conn.hooks.request_finished();
+    state.metrics.requests_in_flight.dec();
     Ok(response)
 }
 

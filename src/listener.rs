@@ -39,15 +39,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let local = listener.local_addr()?;
-    tracing::info!(address = %local, path = %state.config.listen.path, "listening");
     let limits = state.config.limits.clone();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
+    // Ready before the log line says so: whoever waits for "listening" may probe /readyz.
     state
         .accepting
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(address = %local, path = %state.config.listen.path, "listening");
     loop {
         // Past the connection limit, connections wait in the kernel's accept queue.
         let permit = tokio::select! {

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub notifications_stored: Counter,
     pub notifications_duplicate: Counter,
     pub open_connections: Gauge,
+    /// Requests whose header arrived and whose answer is not yet produced.
+    pub requests_in_flight: Gauge,
     /// From the end of the request body to the acknowledgment being handed to hyper.
     pub ack_latency: Histogram,
     /// Messages per group commit.
@@ -62,6 +64,12 @@ impl Metrics {
         let notifications_stored = Counter::default();
         let notifications_duplicate = Counter::default();
         let open_connections = Gauge::default();
+        let requests_in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Requests being read, parsed or stored (header received, not yet answered)",
+            requests_in_flight.clone(),
+        );
         let ack_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let commit_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
@@ -132,6 +140,7 @@ impl Metrics {
             notifications_stored,
             notifications_duplicate,
             open_connections,
+            requests_in_flight,
             ack_latency,
             batch_size,
             commit_latency,

@@ -82,7 +82,19 @@ async fn fresh_start_creates_a_dev_certificate_and_logs_refusals() {
         "the dev certificate should be announced loudly"
     );
     assert_eq!(http_get(proc.admin, "/healthz").await.0, 200);
-    assert_eq!(http_get(proc.admin, "/readyz").await.0, 200);
+    // Ready once its first store probe commits; on a loaded CI disk that fsync can be slow.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, why) = http_get(proc.admin, "/readyz").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready: {status} {why}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let stranger = self_signed(Spec::new(Key::EcdsaP256, "stranger"));
     let client = Client::new(proc.addr, &server_cert(dir.path()), Some(&stranger), None);
     assert!(client.post(&message(ORG_A, &[nid(1)])).await.is_err());
@@ -230,6 +242,19 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     tls.write_all(head.as_bytes()).await.unwrap();
     tls.write_all(&body[..body.len() / 2]).await.unwrap();
     tls.flush().await.unwrap();
+    // The request is in flight once the server has its header (and waits for the body).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while metric(
+        &http_get(proc.admin, "/metrics").await.1,
+        "obm_gate_requests_in_flight",
+    ) < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     proc.signal("-TERM");
     eventually("shutdown begins", Duration::from_secs(5), || {
