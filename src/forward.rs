@@ -15,7 +15,7 @@
 //! - **Off the ack path.** The forwarder reads the queue on its own connection, and records its
 //!   results through the store writer, where they join the next group commit (no extra fsync).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,8 +110,9 @@ impl Forwarder {
     pub async fn run(self, stop: CancellationToken) {
         let stored = self.store.stored_signal();
         let mut reader = self.store.forward_reader();
-        let mut in_flight: HashSet<String> = HashSet::new();
-        let mut tasks: JoinSet<String> = JoinSet::new();
+        // Orgs with an attempt in flight, by the task making it.
+        let mut in_flight: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut tasks: JoinSet<()> = JoinSet::new();
         tracing::info!(url = %self.cfg.url.as_deref().unwrap_or(""), concurrency = self.cfg.concurrency, "forwarding stored notifications to the webhook");
         loop {
             let now = now_ms();
@@ -119,7 +120,7 @@ impl Forwarder {
             match reader.heads(HEADS).await {
                 Ok(heads) => {
                     for head in heads {
-                        if in_flight.contains(&head.org_id) {
+                        if in_flight.values().any(|org| *org == head.org_id) {
                             continue;
                         }
                         if head.next_attempt_ms > now {
@@ -129,8 +130,9 @@ impl Forwarder {
                         if in_flight.len() >= self.cfg.concurrency {
                             break;
                         }
-                        in_flight.insert(head.org_id.clone());
-                        tasks.spawn(self.attempt(head));
+                        let org = head.org_id.clone();
+                        let task = tasks.spawn(self.attempt(head));
+                        in_flight.insert(task.id(), org);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the forwarding queue; retrying"),
@@ -140,15 +142,20 @@ impl Forwarder {
                 _ = stop.cancelled() => break,
                 _ = stored.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
-                Some(done) = tasks.join_next() => {
-                    if let Ok(org) = done {
-                        in_flight.remove(&org);
-                    }
-                    // Collect every other finished attempt before reading the queue again.
-                    while let Some(done) = tasks.try_join_next() {
-                        if let Ok(org) = done {
-                            in_flight.remove(&org);
-                        }
+                Some(done) = tasks.join_next_with_id() => {
+                    // A finished attempt (even one that panicked) frees its org; collect every
+                    // other finished one before reading the queue again.
+                    let mut next = Some(done);
+                    while let Some(done) = next {
+                        let id = match done {
+                            Ok((id, ())) => id,
+                            Err(e) => {
+                                tracing::error!(error = %e, "a webhook attempt failed unexpectedly; it will be retried");
+                                e.id()
+                            }
+                        };
+                        in_flight.remove(&id);
+                        next = tasks.try_join_next_with_id();
                     }
                 }
             }
@@ -162,8 +169,8 @@ impl Forwarder {
         }
     }
 
-    /// One delivery attempt and its recording; returns the org, free for its next one.
-    fn attempt(&self, head: Outgoing) -> impl Future<Output = String> + Send + 'static {
+    /// One delivery attempt and its recording.
+    fn attempt(&self, head: Outgoing) -> impl Future<Output = ()> + Send + 'static {
         let client = self.client.clone();
         let cfg = self.cfg.clone();
         let store = self.store.clone();
@@ -215,7 +222,6 @@ impl Forwarder {
             if let Err(e) = store.record_forward(vec![update]).await {
                 tracing::warn!(error = %e, org = %head.org_id, notification = %head.notification_id, "cannot record the webhook result; it will be attempted again");
             }
-            head.org_id
         }
     }
 }
