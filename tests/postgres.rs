@@ -228,3 +228,69 @@ async fn receivers_sharing_postgres_forward_each_notification_once_in_order() {
         p.kill();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_behind_an_l4_balancer_with_proxy_protocol_share_the_work_and_fail_over() {
+    use common::tcp_proxy::Balancer;
+    let url = schema(PG).await;
+    let id = self_signed(Spec::new(Key::Rsa2048, "lb"));
+    let dirs = [workdir(), workdir()];
+    for d in &dirs {
+        write_registered(&d.path().join("certs/orgs"), ORG_A, "lb", &id);
+    }
+    let env = [
+        ("OBM_GATE_STORE_URL", url.as_str()),
+        ("OBM_GATE_LISTEN_PROXY_PROTOCOL", "true"),
+    ];
+    // Both receivers serve the same server certificate, as config management would ship it.
+    let first = Proc::start_with_env(dirs[0].path(), &env);
+    copy_dir(
+        &dirs[0].path().join("certs/server"),
+        &dirs[1].path().join("certs/server"),
+    );
+    let second = Proc::start_with_env(dirs[1].path(), &env);
+    let lb = Balancer::start(vec![first.addr, second.addr]).await;
+    let client = Client::new(lb.addr, &server_cert(dirs[0].path()), Some(&id), None);
+
+    // Each post is a new connection: the balancer alternates.
+    for n in 0..10 {
+        assert!(
+            client
+                .post(&message(ORG_A, &[nid(n)]))
+                .await
+                .unwrap()
+                .is_ack()
+        );
+    }
+    assert_eq!((lb.count(0), lb.count(1)), (5, 5));
+
+    // One receiver dies: new connections go to the other; nothing is refused.
+    second.kill();
+    for n in 10..20 {
+        assert!(
+            client
+                .post(&message(ORG_A, &[nid(n)]))
+                .await
+                .unwrap()
+                .is_ack()
+        );
+    }
+    assert_eq!(lb.count(1), 5);
+    let stored = obm_gate::store::list_backend(
+        &obm_gate::store::Backend::Postgres(url.clone()),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let ids: Vec<String> = stored.into_iter().map(|n| n.notification_id).collect();
+    assert_eq!(ids, (0..20).map(nid).collect::<Vec<_>>());
+    first.kill();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
