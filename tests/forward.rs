@@ -181,13 +181,7 @@ async fn dead_letters_are_listed_and_replayed() {
     server.register(ORG_A, "dl", &id);
     server.register(ORG_B, "dl", &id);
     let client = server.client(Some(&id));
-    assert!(
-        client
-            .post(&message(ORG_A, &[nid(1), nid(2)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
+    client.ack(ORG_A, &[nid(1), nid(2)]).await;
 
     // Three attempts each, then dead; a dead head does not block the org's next one.
     until_dead(&server, 2).await;
@@ -247,13 +241,7 @@ async fn a_notification_older_than_max_age_is_dead_lettered_after_one_failure() 
     let id = self_signed(Spec::new(Key::EcdsaP256, "age"));
     server.register(ORG_B, "age", &id);
     let client = server.client(Some(&id));
-    assert!(
-        client
-            .post(&message(ORG_B, &[nid(7)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
+    client.ack(ORG_B, &[nid(7)]).await;
     until_dead(&server, 1).await;
     assert_eq!(hook.received().len(), 1);
     server.stop().await;
@@ -356,14 +344,7 @@ async fn an_https_webhook_is_verified_against_the_configured_ca() {
     .await;
     let id = self_signed(Spec::new(Key::EcdsaP256, "tls"));
     untrusted.register(ORG_A, "tls", &id);
-    assert!(
-        untrusted
-            .client(Some(&id))
-            .post(&message(ORG_A, &[nid(1)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
+    untrusted.client(Some(&id)).ack(ORG_A, &[nid(1)]).await;
     until_dead(&untrusted, 1).await;
     let dead = untrusted
         .store()
@@ -391,14 +372,7 @@ async fn an_https_webhook_is_verified_against_the_configured_ca() {
     })
     .await;
     trusted.register(ORG_A, "tls", &id);
-    assert!(
-        trusted
-            .client(Some(&id))
-            .post(&message(ORG_A, &[nid(2)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
+    trusted.client(Some(&id)).ack(ORG_A, &[nid(2)]).await;
     eventually("delivered over HTTPS", Duration::from_secs(10), || {
         hook.delivered_ids() == vec![format!("{ORG_A}/{}", nid(2))]
     })

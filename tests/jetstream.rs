@@ -103,13 +103,7 @@ async fn every_acknowledged_notification_is_in_the_stream_exactly_once() {
     for _ in 0..2 {
         assert!(client.post(&first).await.unwrap().is_ack());
     }
-    assert!(
-        client
-            .post(&message(ORG_A15, &[nid(2), nid(3)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
+    client.ack(ORG_A15, &[nid(2), nid(3)]).await;
     let stored = metric(
         &admin_get(&server.state, "/metrics").await.1,
         "obm_gate_jetstream_published_total{outcome=\"stored\"}",
@@ -127,13 +121,7 @@ async fn every_acknowledged_notification_is_in_the_stream_exactly_once() {
     server.register(ORG_A, "js", &id);
     let client = server.client(Some(&id));
     assert!(client.post(&first).await.unwrap().is_ack());
-    assert!(
-        client
-            .post(&message(ORG_A, &[nid(4)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
+    client.ack(ORG_A, &[nid(4)]).await;
 
     // NATS unreachable: stored locally, but not acknowledged.
     proxy.down();

@@ -51,20 +51,8 @@ async fn postgres_acks_dedupes_group_commits_and_survives_an_outage() {
     let filter = obm_gate::store::Filter::default();
 
     // Ack and dedupe.
-    assert!(
-        client
-            .post(&message(ORG_A, &[nid(1), nid(2)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
-    assert!(
-        client
-            .post(&message(ORG_A15, &[nid(1)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
+    client.ack(ORG_A, &[nid(1), nid(2)]).await;
+    client.ack(ORG_A15, &[nid(1)]).await;
     let stored = server.store().list(&filter).await.unwrap();
     assert_eq!(stored.len(), 2);
     assert_eq!(stored[0].fields["LastName"], "Black");
@@ -72,24 +60,7 @@ async fn postgres_acks_dedupes_group_commits_and_survives_an_outage() {
 
     // Group commit: 200 senders over 20 connections share transactions.
     let before = server.store().commits();
-    let mut tasks = Vec::new();
-    for c in 0..20 {
-        let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut conn = client.connect().await.unwrap();
-            for m in 0..10 {
-                assert!(
-                    conn.post(&message(ORG_A, &[nid(100 + c * 10 + m)]))
-                        .await
-                        .unwrap()
-                        .is_ack()
-                );
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    client.send_concurrently(ORG_A, 20, 10, 100).await;
     let commits = server.store().commits() - before;
     println!("PostgreSQL: 200 messages in {commits} group commits");
     assert!(commits < 200, "{commits}");
@@ -121,27 +92,13 @@ async fn two_receiver_processes_share_one_postgres_and_dedupe_across_them() {
     let url = schema(PG).await;
     let id = self_signed(Spec::new(Key::Rsa2048, "shared"));
     // Both processes read the same registry directory (distributed by config management).
-    let dirs = [workdir(), workdir()];
-    for d in &dirs {
-        write_registered(&d.path().join("certs/orgs"), ORG_A, "shared", &id);
-    }
-    let env = [("OBM_GATE_STORE_URL", url.as_str())];
-    let procs: Vec<Proc> = dirs
-        .iter()
-        .map(|d| Proc::start_with_env(d.path(), &env))
-        .collect();
+    let (dirs, procs) = two_receivers(&id, &[("OBM_GATE_STORE_URL", url.as_str())]);
     assert_ne!(procs[0].addr.port(), procs[1].addr.port());
     let body = message(ORG_A, &[nid(1), nid(2)]);
     for (p, d) in procs.iter().zip(&dirs) {
         let client = Client::new(p.addr, &server_cert(d.path()), Some(&id), None);
         assert!(client.post(&body).await.unwrap().is_ack());
-        assert!(
-            client
-                .post(&message(ORG_A, &[nid(3)]))
-                .await
-                .unwrap()
-                .is_ack()
-        );
+        client.ack(ORG_A, &[nid(3)]).await;
     }
     let out = tokio::process::Command::new(BIN)
         .current_dir(dirs[0].path())
@@ -180,10 +137,6 @@ async fn receivers_sharing_postgres_forward_each_notification_once_in_order() {
     let hook = Webhook::start().await;
     hook.fail_first(3);
     let id = self_signed(Spec::new(Key::Rsa2048, "fwd"));
-    let dirs = [workdir(), workdir()];
-    for d in &dirs {
-        write_registered(&d.path().join("certs/orgs"), ORG_A, "fwd", &id);
-    }
     let secret = "shared-secret-0123456789";
     let env = [
         ("OBM_GATE_STORE_URL", url.as_str()),
@@ -192,17 +145,14 @@ async fn receivers_sharing_postgres_forward_each_notification_once_in_order() {
         ("OBM_GATE_FORWARD_INITIAL_BACKOFF", "20ms"),
         ("OBM_GATE_FORWARD_MAX_BACKOFF", "100ms"),
     ];
-    let procs: Vec<Proc> = dirs
-        .iter()
-        .map(|d| Proc::start_with_env(d.path(), &env))
-        .collect();
+    let (dirs, procs) = two_receivers(&id, &env);
     // Alternate between the receivers, as a load balancer would; every message goes to one.
     let mut sent = Vec::new();
     for m in 0..20 {
         let (p, d) = (&procs[m % 2], &dirs[m % 2]);
         let client = Client::new(p.addr, &server_cert(d.path()), Some(&id), None);
         let ids = vec![nid(2 * m), nid(2 * m + 1)];
-        assert!(client.post(&message(ORG_A, &ids)).await.unwrap().is_ack());
+        client.ack(ORG_A, &ids).await;
         sent.extend(ids.into_iter().map(|n| format!("{ORG_A}/{n}")));
     }
     let expected: BTreeSet<String> = sent.iter().cloned().collect();
@@ -234,46 +184,24 @@ async fn receivers_behind_an_l4_balancer_with_proxy_protocol_share_the_work_and_
     use common::tcp_proxy::Balancer;
     let url = schema(PG).await;
     let id = self_signed(Spec::new(Key::Rsa2048, "lb"));
-    let dirs = [workdir(), workdir()];
-    for d in &dirs {
-        write_registered(&d.path().join("certs/orgs"), ORG_A, "lb", &id);
-    }
     let env = [
         ("OBM_GATE_STORE_URL", url.as_str()),
         ("OBM_GATE_LISTEN_PROXY_PROTOCOL", "true"),
     ];
-    // Both receivers serve the same server certificate, as config management would ship it.
-    let first = Proc::start_with_env(dirs[0].path(), &env);
-    copy_dir(
-        &dirs[0].path().join("certs/server"),
-        &dirs[1].path().join("certs/server"),
-    );
-    let second = Proc::start_with_env(dirs[1].path(), &env);
+    let (dirs, [first, second]) = two_receivers(&id, &env);
     let lb = Balancer::start(vec![first.addr, second.addr]).await;
     let client = Client::new(lb.addr, &server_cert(dirs[0].path()), Some(&id), None);
 
     // Each post is a new connection: the balancer alternates.
     for n in 0..10 {
-        assert!(
-            client
-                .post(&message(ORG_A, &[nid(n)]))
-                .await
-                .unwrap()
-                .is_ack()
-        );
+        client.ack(ORG_A, &[nid(n)]).await;
     }
     assert_eq!((lb.count(0), lb.count(1)), (5, 5));
 
     // One receiver dies: new connections go to the other; nothing is refused.
     second.kill();
     for n in 10..20 {
-        assert!(
-            client
-                .post(&message(ORG_A, &[nid(n)]))
-                .await
-                .unwrap()
-                .is_ack()
-        );
+        client.ack(ORG_A, &[nid(n)]).await;
     }
     assert_eq!(lb.count(1), 5);
     let stored = obm_gate::store::list_backend(
@@ -285,6 +213,22 @@ async fn receivers_behind_an_l4_balancer_with_proxy_protocol_share_the_work_and_
     let ids: Vec<String> = stored.into_iter().map(|n| n.notification_id).collect();
     assert_eq!(ids, (0..20).map(nid).collect::<Vec<_>>());
     first.kill();
+}
+
+/// Two receiver processes, each in its own working directory, as config management would set
+/// them up: the same registry (`id` registered to ORG_A) and the same server certificate.
+fn two_receivers(id: &Identity, env: &[(&str, &str)]) -> ([tempfile::TempDir; 2], [Proc; 2]) {
+    let dirs = [workdir(), workdir()];
+    for d in &dirs {
+        write_registered(&d.path().join("certs/orgs"), ORG_A, "shared", id);
+    }
+    let first = Proc::start_with_env(dirs[0].path(), env);
+    copy_dir(
+        &dirs[0].path().join("certs/server"),
+        &dirs[1].path().join("certs/server"),
+    );
+    let second = Proc::start_with_env(dirs[1].path(), env);
+    (dirs, [first, second])
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

@@ -239,23 +239,7 @@ async fn concurrent_senders_share_fsyncs() {
     let client = server.client(Some(&id));
     let commits_before = server.store().commits();
     // 200 senders over 20 keep-alive connections: 10 messages per connection.
-    let mut tasks = Vec::new();
-    for c in 0..20 {
-        let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut conn = client.connect().await.unwrap();
-            for m in 0..10 {
-                let reply = conn
-                    .post(&message(ORG_A, &[nid(c * 10 + m)]))
-                    .await
-                    .unwrap();
-                assert!(reply.is_ack(), "{reply:?}");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    client.send_concurrently(ORG_A, 20, 10, 0).await;
     let stored = server.stored();
     assert_eq!(stored.len(), 200);
     let commits = server.store().commits() - commits_before;

@@ -365,6 +365,39 @@ impl Client {
     pub async fn post(&self, body: &[u8]) -> Result<Reply, BoxError> {
         self.connect().await?.post(body).await
     }
+
+    /// Posts `org`'s message with these notification IDs on a new connection; fails the test
+    /// unless it is acknowledged.
+    pub async fn ack(&self, org: &str, ids: &[String]) {
+        let reply = self.post(&message(org, ids)).await.unwrap();
+        assert!(reply.is_ack(), "{reply:?}");
+    }
+
+    /// `connections` keep-alive connections at once, each sending `per_connection` messages of
+    /// one notification (IDs from `first` on); every one must be acknowledged.
+    pub async fn send_concurrently(
+        &self,
+        org: &'static str,
+        connections: usize,
+        per_connection: usize,
+        first: usize,
+    ) {
+        let mut tasks = Vec::new();
+        for c in 0..connections {
+            let client = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut conn = client.connect().await.unwrap();
+                for m in 0..per_connection {
+                    let n = first + c * per_connection + m;
+                    let reply = conn.post(&message(org, &[nid(n)])).await.unwrap();
+                    assert!(reply.is_ack(), "{reply:?}");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
 }
 
 #[derive(Debug)]
