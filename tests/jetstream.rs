@@ -246,6 +246,18 @@ async fn an_existing_stream_is_checked_not_changed() {
         .expect("a stream without our subject is refused")
         .to_string();
     assert!(err.contains(&format!("{subject}x.*")), "{err}");
+    // Checked, not changed: the stream is as it was created.
+    let info = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(info.duplicate_window, Duration::from_secs(60));
+    assert_eq!(info.subjects, vec![format!("{subject}.*")]);
     js.delete_stream(&stream).await.unwrap();
 }
 
