@@ -440,7 +440,24 @@ pub(crate) struct Batch {
     pub forwards: Vec<ForwardJob>,
 }
 
+/// A job the writer answers itself rather than batching.
+pub(crate) enum Control {
+    Probe(oneshot::Sender<Result<(), StoreError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
 impl Batch {
+    /// Takes a commit or webhook job into this transaction; hands back the others.
+    pub fn add(&mut self, job: Job) -> Option<Control> {
+        match job {
+            Job::Commit(m, reply) => self.messages.push((m, reply)),
+            Job::Forward(f) => self.forwards.push(f),
+            Job::Probe(reply) => return Some(Control::Probe(reply)),
+            Job::Shutdown(done) => return Some(Control::Shutdown(done)),
+        }
+        None
+    }
+
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty() && self.forwards.is_empty()
     }

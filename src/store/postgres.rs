@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
 
 use super::{
-    Batch, Committed, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage, Outgoing,
-    Requeue, StoreError, StoredNotification, WriterContext, now_ms, now_rfc3339,
+    Batch, Committed, Control, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage,
+    Outgoing, Requeue, StoreError, StoredNotification, WriterContext, now_ms, now_rfc3339,
 };
 
 /// A database that does not answer within these is treated as down (503; Salesforce retries).
@@ -153,13 +153,12 @@ impl Writer {
             let Some(first) = rx.recv().await else { break };
             let mut next = Some(first);
             while let Some(job) = next {
-                match job {
-                    Job::Commit(m, reply) => batch.messages.push((m, reply)),
-                    Job::Forward(f) => batch.forwards.push(f),
-                    Job::Probe(reply) => {
+                match batch.add(job) {
+                    None => {}
+                    Some(Control::Probe(reply)) => {
                         let _ = reply.send(self.probe().await);
                     }
-                    Job::Shutdown(done) => {
+                    Some(Control::Shutdown(done)) => {
                         shutdown = Some(done);
                         break;
                     }

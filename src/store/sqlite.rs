@@ -14,8 +14,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::mpsc;
 
 use super::{
-    Batch, Committed, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage, Outgoing,
-    Requeue, StoreError, StoredNotification, WriterContext, now_ms, now_rfc3339,
+    Batch, Committed, Control, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage,
+    Outgoing, Requeue, StoreError, StoredNotification, WriterContext, now_ms, now_rfc3339,
 };
 use crate::ids::OrgId;
 
@@ -120,13 +120,12 @@ impl Writer {
             let mut next = Some(first);
             // Everything that queued up during the last fsync joins this transaction.
             while let Some(job) = next {
-                match job {
-                    Job::Commit(m, reply) => batch.messages.push((m, reply)),
-                    Job::Forward(f) => batch.forwards.push(f),
-                    Job::Probe(reply) => {
+                match batch.add(job) {
+                    None => {}
+                    Some(Control::Probe(reply)) => {
                         let _ = reply.send(self.probe());
                     }
-                    Job::Shutdown(done) => {
+                    Some(Control::Shutdown(done)) => {
                         shutdown = Some(done);
                         break;
                     }
