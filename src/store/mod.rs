@@ -45,8 +45,6 @@ pub struct NewNotification {
     pub object_type: String,
     /// A JSON object of the fields, in document order.
     pub fields_json: String,
-    /// The `Id` field, when present.
-    pub record_id: Option<String>,
 }
 
 impl NewNotification {
@@ -66,10 +64,6 @@ impl NewNotification {
             }
         }
         NewNotification {
-            record_id: fields
-                .iter()
-                .find(|(k, _)| k.as_ref() == "Id")
-                .map(|(_, v)| v.as_ref().to_owned()),
             id: id.to_owned(),
             object_type: object_type.to_owned(),
             // Serializing strings into a String cannot fail.
