@@ -286,7 +286,7 @@ struct Open<'a> {
     empty: bool,
     nil: bool,
     /// The local part of `xsi:type` (`sf:Account` → `Account`).
-    xsi_type: Option<String>,
+    xsi_type: Option<Cow<'a, str>>,
 }
 
 impl Open<'_> {
@@ -341,24 +341,28 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn event(&mut self) -> Result<(Ns, Event<'a>), SoapError> {
-        match self.reader.read_resolved_event() {
-            Ok((r, ev)) => {
-                let ns = classify(&r);
-                if let Event::DocType(_) = ev {
-                    return Err(SoapError::Dtd);
-                }
-                Ok((ns, ev))
-            }
+    /// The next event. The reader keeps the namespace scopes; only start tags are resolved
+    /// (in `open`), because nothing else needs a namespace.
+    fn event(&mut self) -> Result<Event<'a>, SoapError> {
+        match self.reader.read_event() {
+            Ok(Event::DocType(_)) => Err(SoapError::Dtd),
+            Ok(ev) => Ok(ev),
             Err(e) => Err(self.xml_error(e)),
         }
     }
 
-    fn open(&mut self, ns: Ns, start: BytesStart<'a>, empty: bool) -> Result<Open<'a>, SoapError> {
+    fn open(&mut self, start: BytesStart<'a>, empty: bool) -> Result<Open<'a>, SoapError> {
+        let ns = classify(&self.reader.resolver().resolve_element(start.name()).0);
         let mut nil = false;
         let mut xsi_type = None;
-        for attr in start.attributes() {
+        // Most elements (every field) have no attributes: skip the iterator for them.
+        let has_attributes = start.len() > start.name().as_ref().len();
+        for attr in start.attributes().take_while(|_| has_attributes) {
             let attr = attr.map_err(|e| self.xml_error(e.into()))?;
+            // An unprefixed attribute is in no namespace, so it cannot be xsi:nil or xsi:type.
+            if attr.key.prefix().is_none() {
+                continue;
+            }
             let (r, local) = self.reader.resolver().resolve_attribute(attr.key);
             let is_xsi = matches!(&r, ResolveResult::Bound(n) if n.as_ref() == XSI_NS);
             if !is_xsi {
@@ -371,12 +375,12 @@ impl<'a> Parser<'a> {
                 "nil" => nil = value.trim() == "true" || value.trim() == "1",
                 "type" => {
                     let v = value.trim();
-                    xsi_type = Some(v.rsplit(':').next().unwrap_or(v).to_owned());
+                    xsi_type = Some(reborrow(self.text, v.rsplit(':').next().unwrap_or(v)));
                 }
                 _ => {}
             }
         }
-        let local = reborrow(self.text, start.local_name().as_ref());
+        let local = reborrow(self.text, start.local_name().into_inner());
         if !empty {
             self.depth += 1;
             if self.depth > MAX_DEPTH {
@@ -397,10 +401,9 @@ impl<'a> Parser<'a> {
     /// processing instructions; `Close` at the current element's end tag.
     fn next_item(&mut self) -> Result<Item<'a>, SoapError> {
         loop {
-            let (ns, ev) = self.event()?;
-            match ev {
-                Event::Start(s) => return Ok(Item::Open(self.open(ns, s, false)?)),
-                Event::Empty(s) => return Ok(Item::Open(self.open(ns, s, true)?)),
+            match self.event()? {
+                Event::Start(s) => return Ok(Item::Open(self.open(s, false)?)),
+                Event::Empty(s) => return Ok(Item::Open(self.open(s, true)?)),
                 Event::End(_) => {
                     self.close()?;
                     return Ok(Item::Close);
@@ -439,8 +442,7 @@ impl<'a> Parser<'a> {
             Some(v) => v.to_mut().push_str(&piece),
         };
         loop {
-            let (_, ev) = self.event()?;
-            match ev {
+            match self.event()? {
                 Event::Text(t) => push(&mut value, t.xml10_content()),
                 Event::CData(c) => push(&mut value, c.into_inner()),
                 Event::GeneralRef(r) => {
@@ -479,10 +481,9 @@ impl<'a> Parser<'a> {
         }
         let target = self.depth - 1;
         while self.depth > target {
-            let (ns, ev) = self.event()?;
-            match ev {
+            match self.event()? {
                 Event::Start(s) => {
-                    self.open(ns, s, false)?;
+                    self.open(s, false)?;
                 }
                 Event::End(_) => self.close()?,
                 Event::GeneralRef(r)
@@ -547,9 +548,9 @@ impl<'a> Parser<'a> {
         // Epilog: only whitespace, comments and PIs may follow.
         loop {
             match self.event()? {
-                (_, Event::Eof) => return Ok(message),
-                (_, Event::Text(t)) if t.trim_ascii().is_empty() => {}
-                (_, Event::Comment(_) | Event::PI(_)) => {}
+                Event::Eof => return Ok(message),
+                Event::Text(t) if t.trim_ascii().is_empty() => {}
+                Event::Comment(_) | Event::PI(_) => {}
                 _ => return Err(SoapError::StrayText("after the SOAP envelope")),
             }
         }
@@ -691,7 +692,7 @@ impl<'a> Parser<'a> {
 
     fn sobject(&mut self, el: &Open<'a>) -> Result<(Cow<'a, str>, Fields<'a>), SoapError> {
         let object_type: Cow<'a, str> = match &el.xsi_type {
-            Some(t) => Cow::Owned(t.clone()),
+            Some(t) => t.clone(),
             None => {
                 return Err(SoapError::Unexpected {
                     expected: "an xsi:type attribute on <sObject>",
