@@ -5,6 +5,7 @@
 #   DUR=5 bench/compare.sh           # shorter runs
 #   ONLY="c d" SERVERS=obm-gate bench/compare.sh   # some scenarios (a b c d e), one server
 #   KEEP=1 bench/compare.sh          # leave both servers running afterwards (for perf), print W
+#   GATE=/tmp/obm-gate-old ONLY=d SERVERS=obm-gate bench/compare.sh   # another obm-gate build (A/B)
 #
 # Both servers get the same ECDSA P-256 server certificate and the same RSA-2048 client
 # certificate. nginx: ssl_verify_client on, the client certificate as its trust list,
@@ -34,7 +35,7 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 command -v oha >/dev/null 2>&1 || cargo install --locked oha
 cargo build --release --locked --bin obm-gate --example loadgen
-GATE=target/release/obm-gate
+GATE=${GATE:-target/release/obm-gate}  # GATE=path measures another build
 LOADGEN=target/release/examples/loadgen
 ulimit -n "$(ulimit -Hn)"  # 10,000 idle connections need more than the usual 1,024
 

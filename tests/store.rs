@@ -1,0 +1,68 @@
+//! The SQLite store on a real file: what the request path does not show.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use obm_gate::ids::{Fingerprint, OrgId};
+use obm_gate::metrics::Metrics;
+use obm_gate::store::{NewMessage, NewNotification, Store};
+
+/// Checkpoints run on the checkpointer thread, and the writer steps in only when the WAL passes
+/// 4,000 pages (16 MiB). Write a burst of 30 MB, far faster than one checkpointer keeps up with:
+/// the data must reach the database file, and the WAL must stay bounded (without checkpoints it
+/// grows to about twice the data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_checkpointed_off_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = obm_gate::Config::default().store;
+    config.path = dir.path().join("obm-gate.db");
+    let store = Store::open(&config, false, Arc::new(Metrics::new()))
+        .await
+        .unwrap();
+    let db_len = || std::fs::metadata(&config.path).map(|m| m.len()).unwrap();
+    let wal_len = || {
+        std::fs::metadata(config.path.with_extension("db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let empty = db_len();
+
+    let org = OrgId::parse("00Dxx0000001gPFEAY").unwrap();
+    let description = "x".repeat(2_000);
+    let fields = [("Id", "003xx000004TmiQAAS"), ("Description", &description)];
+    // 150 messages × 100 notifications × ~2 KB.
+    for m in 0..150u64 {
+        let notifications = (0..100u64)
+            .map(|i| NewNotification::new(&format!("04l{:015}", m * 100 + i), "Contact", &fields))
+            .collect();
+        let message = NewMessage {
+            org,
+            action_id: "04kxx00000000blCAA".into(),
+            certificate: Fingerprint::of_der(b"store test"),
+            peer: "127.0.0.1:1".into(),
+            notifications,
+        };
+        assert_eq!(store.commit(message).await.unwrap().stored, 100);
+    }
+
+    let stored = 150 * 100 * 2_000;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while db_len() < stored {
+        assert!(
+            Instant::now() < deadline,
+            "the database file is still {} bytes (it was {empty} empty; the WAL is {} bytes): \
+             nothing was checkpointed",
+            db_len(),
+            wal_len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The WAL was restarted from its beginning rather than growing with every commit: at most
+    // the writer's bound plus one message (~100 pages with its indexes), with room to spare.
+    let bound = (4_000 + 1_000) * 4096;
+    assert!(
+        wal_len() < bound,
+        "the WAL holds {} bytes (bound {bound}) for {stored} bytes of data",
+        wal_len()
+    );
+}
