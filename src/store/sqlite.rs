@@ -120,8 +120,12 @@ fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>, St
         .name("obm-store-checkpoint".into())
         .spawn(move || {
             while rx.recv().is_ok() {
-                if let Err(e) = conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
-                    tracing::warn!(error = %e, "store: WAL checkpoint failed; the next one retries");
+                match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
+                    // Busy: the writer is checkpointing itself just now.
+                    Err(e) if e.sqlite_error_code() != Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                        tracing::warn!(error = %e, "store: WAL checkpoint failed; the next one retries");
+                    }
+                    _ => {}
                 }
             }
         })
