@@ -6,15 +6,10 @@
 //! one transaction, so concurrent messages share one fsync. A caller's future resolves only after
 //! the transaction holding its message has committed (or failed); that is what lets the request
 //! path acknowledge only what is durable. Deduplication is on (org, notification ID).
-//!
-//! Checkpoints (copying the WAL back into the database file, with its own fsync) run on a
-//! separate checkpointer thread and connection, so the writer never stops to do one while
-//! requests wait on its next commit.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rusqlite::wal::CheckpointMode;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::mpsc;
 
@@ -74,63 +69,13 @@ pub(crate) fn start(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
     }
-    let mut conn = open_writer(path).map_err(|e| open_err(e.to_string()))?;
-    let checkpoints = start_checkpointer(path).map_err(open_err)?;
-    // The hook replaces SQLite's automatic checkpoint on this connection: instead of running one
-    // inside the commit, it asks the checkpointer thread once the WAL passes the same size.
-    conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: i32| {
-        if pages >= CHECKPOINT_PAGES {
-            // Full means one is already asked for; it will take these pages too.
-            let _ = checkpoints.try_send(());
-        }
-        if pages >= WRITER_CHECKPOINT_PAGES {
-            // Under sustained load the checkpointer never catches up with the last commit, so
-            // the WAL is never restarted and grows without end. Past this size the writer
-            // copies it back itself, as SQLite would, and the next commit restarts the WAL.
-            // Busy (the checkpointer is at it) is fine: the next commit tries again.
-            let _ = wal.checkpoint_v2(CheckpointMode::PASSIVE);
-        }
-        Ok(())
-    }))
-    .map_err(|e| open_err(e.to_string()))?;
+    let conn = open_writer(path).map_err(|e| open_err(e.to_string()))?;
     let writer = Writer { conn, ctx };
     std::thread::Builder::new()
         .name("obm-store-writer".into())
         .spawn(move || writer.run(rx))
         .map_err(|e| open_err(e.to_string()))?;
     Ok(())
-}
-
-/// WAL size (pages) that asks the checkpointer for a checkpoint: SQLite's own automatic-checkpoint
-/// default.
-const CHECKPOINT_PAGES: i32 = 1000;
-/// WAL size (pages, 16 MiB at 4 KiB) past which the writer checkpoints itself: the bound on the WAL.
-const WRITER_CHECKPOINT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
-
-/// Starts the checkpointer: its own connection, one PASSIVE checkpoint per request. PASSIVE
-/// never blocks the writer; what it cannot copy yet (frames a reader still needs) the next one
-/// does. The thread ends when the writer's connection, which holds the sender, is dropped.
-fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>, String> {
-    let conn = Connection::open(path).map_err(|e| e.to_string())?;
-    conn.busy_timeout(std::time::Duration::from_secs(2))
-        .and_then(|()| conn.execute_batch("PRAGMA synchronous=FULL;"))
-        .map_err(|e| e.to_string())?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-    std::thread::Builder::new()
-        .name("obm-store-checkpoint".into())
-        .spawn(move || {
-            while rx.recv().is_ok() {
-                match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
-                    // Busy: the writer is checkpointing itself just now.
-                    Err(e) if e.sqlite_error_code() != Some(rusqlite::ErrorCode::DatabaseBusy) => {
-                        tracing::warn!(error = %e, "store: WAL checkpoint failed; the next one retries");
-                    }
-                    _ => {}
-                }
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(tx)
 }
 
 fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
