@@ -46,8 +46,10 @@ async fn the_wal_is_checkpointed_and_stays_bounded() {
     }
 
     let stored = 150 * 100 * 2_000;
+    // Up to the last threshold's worth may still wait in the WAL for the next commit; the
+    // database file must hold most of the data.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while db_len() < stored {
+    while db_len() < stored / 2 {
         assert!(
             Instant::now() < deadline,
             "the database file is still {} bytes (it was {empty} empty; the WAL is {} bytes): \
