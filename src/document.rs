@@ -12,31 +12,56 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-#[derive(Debug, Serialize)]
+/// One notification's document, from what the store keeps of it. `to_bytes` derives the rest
+/// (the `record_id`, the embedded fields), so both senders build it the same way.
+#[derive(Debug)]
 pub struct Document<'a> {
     pub org_id: &'a str,
     pub action_id: &'a str,
     pub notification_id: &'a str,
     pub object_type: &'a str,
-    /// The sObject's `Id` field, when the message carries it.
-    pub record_id: Option<&'a str>,
-    /// The fields in document order, as sent.
-    pub fields: &'a RawValue,
+    /// The fields as stored: a JSON object in document order.
+    pub fields_json: &'a str,
     /// When this receiver committed (or, without a store, received) the notification.
     pub received_at: &'a str,
     /// SHA-256 of the client certificate the message arrived with.
     pub certificate_sha256: &'a str,
 }
 
+/// The wire shape, in this field order.
+#[derive(Serialize)]
+struct Wire<'a> {
+    org_id: &'a str,
+    action_id: &'a str,
+    notification_id: &'a str,
+    object_type: &'a str,
+    /// The sObject's `Id` field, when the message carries it.
+    record_id: Option<String>,
+    /// The fields in document order, as sent.
+    fields: &'a RawValue,
+    received_at: &'a str,
+    certificate_sha256: &'a str,
+}
+
 impl Document<'_> {
     pub fn to_bytes(&self) -> Bytes {
+        let wire = Wire {
+            org_id: self.org_id,
+            action_id: self.action_id,
+            notification_id: self.notification_id,
+            object_type: self.object_type,
+            record_id: record_id(self.fields_json),
+            fields: raw_fields(self.fields_json),
+            received_at: self.received_at,
+            certificate_sha256: self.certificate_sha256,
+        };
         // Serializing strings and a valid raw value into a Vec cannot fail.
-        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+        Bytes::from(serde_json::to_vec(&wire).unwrap_or_default())
     }
 }
 
 /// The stored fields JSON as a raw value (stored by us, so valid; `{}` otherwise).
-pub fn raw_fields(fields_json: &str) -> &RawValue {
+fn raw_fields(fields_json: &str) -> &RawValue {
     serde_json::from_str(fields_json).unwrap_or_else(|_| empty_object())
 }
 
@@ -46,7 +71,7 @@ fn empty_object() -> &'static RawValue {
 }
 
 /// The `Id` field of a stored fields object.
-pub fn record_id(fields_json: &str) -> Option<String> {
+fn record_id(fields_json: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct WithId {
         #[serde(rename = "Id")]
@@ -73,14 +98,12 @@ mod tests {
     #[test]
     fn a_document_embeds_the_fields_as_json() {
         let fields = r#"{"Id":"001000000000001AAA","Name":"A \"quoted\" name"}"#;
-        let id = record_id(fields);
         let doc = Document {
             org_id: "00D000000000001AAA",
             action_id: "04k000000000001AAA",
             notification_id: "04l000000000001AAA",
             object_type: "Account",
-            record_id: id.as_deref(),
-            fields: raw_fields(fields),
+            fields_json: fields,
             received_at: "2026-11-23T10:00:00.000Z",
             certificate_sha256: "ab",
         };

@@ -233,14 +233,12 @@ async fn deliver(
     head: &Outgoing,
     attempt: i64,
 ) -> Result<(), String> {
-    let record_id = document::record_id(&head.fields_json);
     let body = Document {
         org_id: &head.org_id,
         action_id: &head.action_id,
         notification_id: &head.notification_id,
         object_type: &head.object_type,
-        record_id: record_id.as_deref(),
-        fields: document::raw_fields(&head.fields_json),
+        fields_json: &head.fields_json,
         received_at: &head.received_at,
         certificate_sha256: &head.certificate_sha256,
     }

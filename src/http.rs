@@ -323,14 +323,12 @@ fn documents(record: &NewMessage) -> Vec<(String, Bytes)> {
         .iter()
         .map(|n| {
             let id = document::message_id(record.org.as_str(), &n.id);
-            let record_id = document::record_id(&n.fields_json);
             let doc = Document {
                 org_id: record.org.as_str(),
                 action_id: &record.action_id,
                 notification_id: &n.id,
                 object_type: &n.object_type,
-                record_id: record_id.as_deref(),
-                fields: document::raw_fields(&n.fields_json),
+                fields_json: &n.fields_json,
                 received_at: &received_at,
                 certificate_sha256: &fingerprint,
             };
