@@ -353,33 +353,7 @@ impl<'a> Parser<'a> {
 
     fn open(&mut self, start: BytesStart<'a>, empty: bool) -> Result<Open<'a>, SoapError> {
         let ns = classify(&self.reader.resolver().resolve_element(start.name()).0);
-        let mut nil = false;
-        let mut xsi_type = None;
-        // Most elements (every field) have no attributes: skip the iterator for them.
-        let has_attributes = start.len() > start.name().as_ref().len();
-        for attr in start.attributes().take_while(|_| has_attributes) {
-            let attr = attr.map_err(|e| self.xml_error(e.into()))?;
-            // An unprefixed attribute is in no namespace, so it cannot be xsi:nil or xsi:type.
-            if attr.key.prefix().is_none() {
-                continue;
-            }
-            let (r, local) = self.reader.resolver().resolve_attribute(attr.key);
-            let is_xsi = matches!(&r, ResolveResult::Bound(n) if n.as_ref() == XSI_NS);
-            if !is_xsi {
-                continue;
-            }
-            let value = attr
-                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                .map_err(|e| self.xml_error(e))?;
-            match local.as_ref() {
-                "nil" => nil = value.trim() == "true" || value.trim() == "1",
-                "type" => {
-                    let v = value.trim();
-                    xsi_type = Some(reborrow(self.text, v.rsplit(':').next().unwrap_or(v)));
-                }
-                _ => {}
-            }
-        }
+        let (nil, xsi_type) = self.xsi_attributes(&start)?;
         let local = reborrow(self.text, start.local_name().into_inner());
         if !empty {
             self.depth += 1;
@@ -395,6 +369,41 @@ impl<'a> Parser<'a> {
             nil,
             xsi_type,
         })
+    }
+
+    /// `xsi:nil` and the local part of `xsi:type` of a start tag. Every attribute is still
+    /// checked for well-formedness (and duplicates) by the iterator.
+    fn xsi_attributes(
+        &self,
+        start: &BytesStart<'a>,
+    ) -> Result<(bool, Option<Cow<'a, str>>), SoapError> {
+        let (mut nil, mut xsi_type) = (false, None);
+        // Most elements (every field) have no attributes: no iterator for them.
+        if start.len() == start.name().as_ref().len() {
+            return Ok((nil, xsi_type));
+        }
+        for attr in start.attributes() {
+            let attr = attr.map_err(|e| self.xml_error(e.into()))?;
+            // An unprefixed attribute is in no namespace, so it cannot be xsi:nil or xsi:type.
+            if attr.key.prefix().is_none() {
+                continue;
+            }
+            let (r, local) = self.reader.resolver().resolve_attribute(attr.key);
+            let is_xsi = matches!(&r, ResolveResult::Bound(n) if n.as_ref() == XSI_NS);
+            if !is_xsi {
+                continue;
+            }
+            let value = attr
+                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                .map_err(|e| self.xml_error(e))?;
+            let v = value.trim();
+            match local.as_ref() {
+                "nil" => nil = v == "true" || v == "1",
+                "type" => xsi_type = Some(reborrow(self.text, v.rsplit(':').next().unwrap_or(v))),
+                _ => {}
+            }
+        }
+        Ok((nil, xsi_type))
     }
 
     /// The next child element of the current element, skipping whitespace, comments and
