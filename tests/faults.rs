@@ -67,13 +67,7 @@ async fn a_full_disk_is_503_then_recovers_without_a_restart() {
     let id = self_signed(Spec::new(Key::EcdsaP256, "a"));
     server.register(ORG_A, "a", &id);
     let client = server.client(Some(&id));
-    assert!(
-        client
-            .post(&message(ORG_A, &[nid(1)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
+    client.ack(ORG_A, &[nid(1)]).await;
     assert_eq!(admin_get(&server.state, "/readyz").await.0, 200);
 
     let filler = fs.fill();

@@ -57,7 +57,7 @@ async fn every_notification_reaches_a_failing_webhook_signed_and_in_order_per_or
             for m in 0..15 {
                 let ids: Vec<String> = (0..=(m % 3)).map(|k| nid(n + k)).collect();
                 n += ids.len();
-                assert!(conn.post(&message(org, &ids)).await.unwrap().is_ack());
+                conn.ack(org, &ids).await;
             }
             n - base
         }));
@@ -265,7 +265,7 @@ async fn kill_9_mid_forward_loses_nothing_and_repeats_only_the_same_ids() {
     let client = Client::new(proc.addr, &server_cert(dir.path()), Some(&id), None);
     let sent: Vec<String> = (1..=20).map(nid).collect();
     for chunk in sent.chunks(4) {
-        assert!(client.post(&message(ORG_A, chunk)).await.unwrap().is_ack());
+        client.ack(ORG_A, chunk).await;
     }
     eventually("a delivery in flight", Duration::from_secs(10), || {
         hook.in_flight() == 1

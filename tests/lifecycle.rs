@@ -155,12 +155,7 @@ async fn a_salesforce_csr_is_signed_registered_and_acknowledged() {
             .unwrap(),
         chain_pem: signed.clone(),
     };
-    let reply = server
-        .client(Some(&id))
-        .post(&message(ORG_A, &[nid(1)]))
-        .await
-        .unwrap();
-    assert!(reply.is_ack(), "{reply:?}");
+    server.client(Some(&id)).ack(ORG_A, &[nid(1)]).await;
     // `certs check` agrees.
     std::fs::write(dir.join("leaf.pem"), &signed).unwrap();
     let out = obm(dir, &["certs", "check", "--org", ORG_A, "leaf.pem"]);
@@ -359,20 +354,8 @@ async fn the_registry_reloads_while_serving() {
     .unwrap();
     std::fs::write(orgs.join(ORG_B).join("key.pem"), &b.key_pem).unwrap();
     let mut open_a = client_a.connect().await.unwrap();
-    assert!(
-        open_a
-            .post(&message(ORG_A, &[nid(4)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
-    assert!(
-        client_b
-            .post(&message(ORG_B, &[nid(5)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
+    open_a.ack(ORG_A, &[nid(4)]).await;
+    client_b.ack(ORG_B, &[nid(5)]).await;
 
     // Removed: refused within 5 s on a new connection and on the one already open.
     std::fs::remove_file(&a_path).unwrap();
@@ -471,24 +454,12 @@ async fn a_server_certificate_swapped_on_disk_is_served_to_new_connections() {
     })
     .await;
     // The connection made before the swap keeps working.
-    assert!(
-        old_conn
-            .post(&message(ORG_A, &[nid(2)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
+    old_conn.ack(ORG_A, &[nid(2)]).await;
     // A broken replacement leaves the current certificate in place.
     std::fs::write(server_dir.join("server.pem"), "garbage").unwrap();
     server.state.registry.reload().unwrap();
     obm_gate::reload::reload(&server.state, &server.server, "test");
-    assert!(
-        trusting_new
-            .post(&message(ORG_A, &[nid(3)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
+    trusting_new.ack(ORG_A, &[nid(3)]).await;
     server.stop().await;
 }
 

@@ -15,27 +15,9 @@ async fn metrics_count_exactly_what_happened() {
     server.register(ORG_A, "a", &id);
     let client = server.client(Some(&id));
     // 2 acknowledged, 1 duplicate, 1 org mismatch, 1 refused handshake.
-    assert!(
-        client
-            .post(&message(ORG_A, &[nid(1)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
-    assert!(
-        client
-            .post(&message(ORG_A, &[nid(2)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
-    assert!(
-        client
-            .post(&message(ORG_A, &[nid(1)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
+    client.ack(ORG_A, &[nid(1)]).await;
+    client.ack(ORG_A, &[nid(2)]).await;
+    client.ack(ORG_A, &[nid(1)]).await;
     assert_eq!(
         client
             .post(&message(ORG_B, &[nid(3)]))
@@ -261,15 +243,9 @@ async fn the_proxy_header_sets_the_client_address() {
     let client = server.client(Some(&id));
 
     let allowed = client.with_prefix(&proxy_v2([203, 0, 113, 7]));
-    assert!(
-        allowed
-            .post(&message(ORG_A, &[nid(1)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
+    allowed.ack(ORG_A, &[nid(1)]).await;
     let v1 = client.with_prefix(b"PROXY TCP4 203.0.113.9 10.0.0.1 40001 443\r\n");
-    assert!(v1.post(&message(ORG_A, &[nid(2)])).await.unwrap().is_ack());
+    v1.ack(ORG_A, &[nid(2)]).await;
 
     let elsewhere = client.with_prefix(&proxy_v2([198, 51, 100, 1]));
     let reply = elsewhere.post(&message(ORG_A, &[nid(3)])).await.unwrap();

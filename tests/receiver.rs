@@ -26,12 +26,7 @@ async fn registered_certificates_are_acknowledged_and_stored() {
     // A self-signed certificate with CA:TRUE (what `openssl req -x509` makes) works too.
     let ca_true = self_signed(Spec::new(Key::Rsa2048, "openssl-style").ca_true());
     server.register(ORG_A15, "ca-true", &ca_true);
-    let reply = server
-        .client(Some(&ca_true))
-        .post(&message(ORG_A15, &[nid(2)]))
-        .await
-        .unwrap();
-    assert!(reply.is_ack(), "{reply:?}");
+    server.client(Some(&ca_true)).ack(ORG_A15, &[nid(2)]).await;
 
     let stored = server.stored();
     assert_eq!(stored.len(), 3);
@@ -100,12 +95,7 @@ async fn refused_handshakes_name_their_reason_and_store_nothing() {
     // A certificate our CA issued and that is registered chains, and is accepted.
     let good = ca.issue(Spec::new(Key::Rsa2048, "ours"));
     server.register(ORG_B, "ours", &good);
-    let reply = server
-        .client(Some(&good))
-        .post(&message(ORG_B, &[nid(9)]))
-        .await
-        .unwrap();
-    assert!(reply.is_ack(), "{reply:?}");
+    server.client(Some(&good)).ack(ORG_B, &[nid(9)]).await;
     server.stop().await;
 }
 
@@ -219,13 +209,7 @@ async fn a_duplicate_is_acknowledged_and_stored_once() {
         assert!(client.post(&body).await.unwrap().is_ack());
     }
     // The 15-character form of the same org is the same org for deduplication.
-    assert!(
-        client
-            .post(&message(ORG_A15, &[nid(1)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
+    client.ack(ORG_A15, &[nid(1)]).await;
     assert_eq!(server.stored().len(), 2);
     assert_eq!(server.state.metrics.notifications_duplicate.get(), 5);
     server.stop().await;
@@ -297,13 +281,7 @@ async fn store_failure_is_503_and_the_server_keeps_running() {
     let id = self_signed(Spec::new(Key::EcdsaP256, "a"));
     server.register(ORG_A, "a", &id);
     let client = server.client(Some(&id));
-    assert!(
-        client
-            .post(&message(ORG_A, &[nid(1)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
+    client.ack(ORG_A, &[nid(1)]).await;
 
     // Another writer holds the database's write lock longer than the store's busy timeout.
     let db = server.store().path().to_owned();
@@ -321,13 +299,7 @@ async fn store_failure_is_503_and_the_server_keeps_running() {
     drop(blocker);
 
     // Salesforce's retry then succeeds without a restart.
-    assert!(
-        client
-            .post(&message(ORG_A, &[nid(2)]))
-            .await
-            .unwrap()
-            .is_ack()
-    );
+    client.ack(ORG_A, &[nid(2)]).await;
     assert_eq!(server.stored().len(), 2);
     server.stop().await;
 }

@@ -437,6 +437,13 @@ impl Conn {
         self.request("POST", "/obm", body).await
     }
 
+    /// Posts `org`'s message with these notification IDs on this connection; fails the test
+    /// unless it is acknowledged.
+    pub async fn ack(&mut self, org: &str, ids: &[String]) {
+        let reply = self.post(&message(org, ids)).await.unwrap();
+        assert!(reply.is_ack(), "{reply:?}");
+    }
+
     pub async fn request(
         &mut self,
         method: &str,
