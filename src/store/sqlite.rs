@@ -56,8 +56,8 @@ const MIGRATIONS: &[&str] = &[
     r#"
     -- No query ever used this index: `messages list` walks notifications in seq order and its
     -- `?3 IS NULL OR received_at >= ?3` filter cannot use one. Keeping it up to date was a third
-    -- B-tree insert per notification (about 15% of the writer's time with 100-notification
-    -- messages, `cargo bench --bench store`).
+    -- B-tree insert per notification: about 15% of a commit of 100-notification messages
+    -- (`cargo bench --bench store`, store_wide).
     DROP INDEX IF EXISTS notifications_received;
 "#,
 ];
