@@ -369,8 +369,7 @@ impl Client {
     /// Posts `org`'s message with these notification IDs on a new connection; fails the test
     /// unless it is acknowledged.
     pub async fn ack(&self, org: &str, ids: &[String]) {
-        let reply = self.post(&message(org, ids)).await.unwrap();
-        assert!(reply.is_ack(), "{reply:?}");
+        self.connect().await.unwrap().ack(org, ids).await
     }
 
     /// `connections` keep-alive connections at once, each sending `per_connection` messages of
