@@ -374,18 +374,7 @@ pub fn list(path: &Path, filter: &Filter) -> Result<Vec<StoredNotification>, Sto
         "(SELECT 0 AS seq, '' AS state, 0 AS attempts, NULL AS last_error WHERE 0)"
     };
     let mut stmt = conn
-        .prepare(&format!(
-            "SELECT n.seq, n.org_id, n.action_id, n.notification_id, n.object_type, n.fields,
-                    n.received_at, n.certificate_sha256, n.peer_addr,
-                    f.state, f.attempts, f.last_error
-             FROM notifications n LEFT JOIN {forward_table} f ON f.seq = n.seq
-             WHERE (?1 IS NULL OR n.org_id = ?1)
-               AND (?3 IS NULL OR n.received_at >= ?3)
-               AND (?4 IS NULL OR n.notification_id = ?4)
-               AND (?5 IS NULL OR f.state = ?5)
-             ORDER BY n.seq
-             LIMIT ?2"
-        ))
+        .prepare(&list_query(filter, forward_table))
         .map_err(read_err)?;
     let limit = filter.limit.map(|l| l as i64).unwrap_or(-1);
     // Stored times are RFC 3339 with milliseconds, so they compare correctly as text.
@@ -397,10 +386,10 @@ pub fn list(path: &Path, filter: &Filter) -> Result<Vec<StoredNotification>, Sto
         .query_map(
             params![
                 org,
-                limit,
                 since,
                 filter.notification_id,
-                filter.state.map(ForwardState::as_str)
+                filter.state.map(ForwardState::as_str),
+                limit
             ],
             |r| {
                 let fields: String = r.get(5)?;
@@ -429,6 +418,56 @@ pub fn list(path: &Path, filter: &Filter) -> Result<Vec<StoredNotification>, Sto
         )
         .map_err(read_err)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(read_err)
+}
+
+/// The SELECT behind `list`, with a condition for each filter that is set and none for the rest.
+/// Parameters: ?1 org, ?2 since, ?3 notification ID, ?4 forwarding state, ?5 limit; all five
+/// are always bound, so the numbering holds whichever conditions are left out.
+///
+/// A catch-all `(?1 IS NULL OR org_id = ?1)` would keep one statement, but SQLite plans it before
+/// the values are known, so it could never use the (org_id, notification_id) key and scanned the
+/// whole table: 1.4 s for `messages show` on 2 million notifications.
+fn list_query(filter: &Filter, forward_table: &str) -> String {
+    let mut conditions = Vec::new();
+    match (&filter.org, &filter.notification_id) {
+        (Some(_), _) => conditions.push("n.org_id = ?1"),
+        // An ID without its org: look it up under each org that has notifications, one seek
+        // per org in the unique key, instead of reading every row. The CTE walks the distinct
+        // orgs through the same key (SQLite's documented loose index scan).
+        (None, Some(_)) => conditions.push(
+            "n.org_id IN (
+                WITH RECURSIVE orgs(org) AS (
+                    SELECT MIN(org_id) FROM notifications
+                    UNION ALL
+                    SELECT (SELECT MIN(org_id) FROM notifications WHERE org_id > org)
+                    FROM orgs WHERE org IS NOT NULL
+                )
+                SELECT org FROM orgs WHERE org IS NOT NULL
+            )",
+        ),
+        (None, None) => {}
+    }
+    if filter.notification_id.is_some() {
+        conditions.push("n.notification_id = ?3");
+    }
+    if filter.since.is_some() {
+        conditions.push("n.received_at >= ?2");
+    }
+    if filter.state.is_some() {
+        conditions.push("f.state = ?4");
+    }
+    let mut sql = format!(
+        "SELECT n.seq, n.org_id, n.action_id, n.notification_id, n.object_type, n.fields,
+                n.received_at, n.certificate_sha256, n.peer_addr,
+                f.state, f.attempts, f.last_error
+         FROM notifications n LEFT JOIN {forward_table} f ON f.seq = n.seq"
+    );
+    if !conditions.is_empty() {
+        sql.push_str("\n         WHERE ");
+        sql.push_str(&conditions.join("\n           AND "));
+    }
+    sql.push_str("\n         ORDER BY n.seq\n         LIMIT ?5");
+    sql
 }
 
 #[cfg(test)]
@@ -481,5 +520,98 @@ mod tests {
         let mut fresh = Connection::open(dir.path().join("new.db")).unwrap();
         migrate(&mut fresh).unwrap();
         assert_eq!(names(&fresh, "index"), indexes);
+    }
+
+    /// What SQLite's planner says it will do with `sql`, one step per line.
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let steps: Vec<String> = stmt
+            .query_map([rusqlite::types::Null; 5], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        steps.join("\n")
+    }
+
+    #[test]
+    fn a_lookup_by_org_or_notification_id_seeks_the_unique_key_instead_of_scanning() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("obm.db");
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        // The same notification ID under two orgs (IDs are unique per org only), and a third org.
+        for (org, id) in [
+            ("00Dxx0000001gPFEAY", "04l000000000000001"),
+            ("00Dxx0000001gPFEAY", "04l000000000000002"),
+            ("00Dxx0000002gPFEAY", "04l000000000000001"),
+            ("00Dxx0000003gPFEAY", "04l000000000000003"),
+        ] {
+            conn.execute(
+                "INSERT INTO notifications (org_id, notification_id, action_id, object_type,
+                     fields, received_at, certificate_sha256, peer_addr)
+                 VALUES (?1, ?2, 'a', 'Contact', '{}', '2026-11-24T10:00:00.000Z', 'ab', 'p')",
+                [org, id],
+            )
+            .unwrap();
+        }
+        let org = |s: &str| Some(OrgId::parse(s).unwrap());
+        let id = |s: &str| Some(s.to_owned());
+        let cases = [
+            (
+                Filter {
+                    org: org("00Dxx0000002gPFEAY"),
+                    notification_id: id("04l000000000000001"),
+                    ..Filter::default()
+                },
+                vec![("00Dxx0000002gPFEAY", "04l000000000000001")],
+            ),
+            (
+                Filter {
+                    notification_id: id("04l000000000000001"),
+                    ..Filter::default()
+                },
+                vec![
+                    ("00Dxx0000001gPFEAY", "04l000000000000001"),
+                    ("00Dxx0000002gPFEAY", "04l000000000000001"),
+                ],
+            ),
+            (
+                Filter {
+                    org: org("00Dxx0000001gPFEAY"),
+                    ..Filter::default()
+                },
+                vec![
+                    ("00Dxx0000001gPFEAY", "04l000000000000001"),
+                    ("00Dxx0000001gPFEAY", "04l000000000000002"),
+                ],
+            ),
+            (
+                Filter {
+                    notification_id: id("04l000000000000009"),
+                    ..Filter::default()
+                },
+                vec![],
+            ),
+        ];
+        for (filter, want) in cases {
+            let steps = plan(&conn, &list_query(&filter, "forward"));
+            assert!(
+                steps.contains("SEARCH n USING INDEX sqlite_autoindex_notifications_1 (org_id=?"),
+                "{filter:?} does not seek the (org, notification ID) key:\n{steps}"
+            );
+            assert!(!steps.contains("SCAN n"), "{filter:?} scans:\n{steps}");
+            let got: Vec<(String, String)> = list(&path, &filter)
+                .unwrap()
+                .into_iter()
+                .map(|n| (n.org_id, n.notification_id))
+                .collect();
+            let want: Vec<(String, String)> = want
+                .into_iter()
+                .map(|(o, i)| (o.to_owned(), i.to_owned()))
+                .collect();
+            assert_eq!(got, want, "{filter:?}");
+        }
+        // Nothing to seek by: every row, in the order they were stored.
+        assert_eq!(list(&path, &Filter::default()).unwrap().len(), 4);
     }
 }
