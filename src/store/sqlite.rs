@@ -323,21 +323,44 @@ pub fn requeue(path: &Path, which: &Requeue) -> Result<usize, StoreError> {
         Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(fail)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(fail)?;
-    let now = now_ms();
-    conn.execute(
+    let mut update = conn.prepare(&requeue_query(which)).map_err(fail)?;
+    update.raw_bind_parameter(1, now_ms()).map_err(fail)?;
+    update
+        .raw_bind_parameter(2, which.state.as_str())
+        .map_err(fail)?;
+    if let Some(org) = &which.org {
+        update.raw_bind_parameter(3, org.as_str()).map_err(fail)?;
+    }
+    if let Some(id) = &which.notification_id {
+        update.raw_bind_parameter(4, id).map_err(fail)?;
+    }
+    update.raw_execute().map_err(fail)
+}
+
+/// The UPDATE behind `requeue`, with a condition for each filter that is set. Parameters: ?1 now,
+/// ?2 state, ?3 org, ?4 notification ID, each bound only when the SQL names it.
+///
+/// With a notification ID, the rows to update come from the (org_id, notification_id) key, as in
+/// [`list_query`], and the queue is reached by its primary key. The unary `+` keeps SQLite from
+/// walking the `(state, org_id)` index instead, which holds every dead-lettered row.
+fn requeue_query(which: &Requeue) -> String {
+    let mut sql = String::from(
         "UPDATE forward SET state = 'pending', attempts = 0, next_attempt_ms = ?1,
-                queued_ms = ?1, last_error = NULL
-         WHERE state = ?2
-           AND (?3 IS NULL OR org_id = ?3)
-           AND (?4 IS NULL OR seq IN (SELECT seq FROM notifications WHERE notification_id = ?4))",
-        params![
-            now,
-            which.state.as_str(),
-            which.org.as_ref().map(OrgId::as_str),
-            which.notification_id
-        ],
-    )
-    .map_err(fail)
+                queued_ms = ?1, last_error = NULL",
+    );
+    match (&which.org, &which.notification_id) {
+        (None, None) => sql.push_str(" WHERE state = ?2"),
+        (Some(_), None) => sql.push_str(" WHERE state = ?2 AND org_id = ?3"),
+        (Some(_), Some(_)) => sql.push_str(
+            " WHERE +state = ?2 AND seq IN (SELECT seq FROM notifications
+                                           WHERE org_id = ?3 AND notification_id = ?4)",
+        ),
+        (None, Some(_)) => sql.push_str(&format!(
+            " WHERE +state = ?2 AND seq IN (SELECT seq FROM notifications
+                                           WHERE org_id IN {ORGS} AND notification_id = ?4)"
+        )),
+    }
+    sql
 }
 
 /// Reads stored notifications, oldest first, from a store file (read-only; works while the
@@ -420,6 +443,20 @@ pub fn list(path: &Path, filter: &Filter) -> Result<Vec<StoredNotification>, Sto
     rows.collect::<Result<Vec<_>, _>>().map_err(read_err)
 }
 
+/// Every org that has notifications, for an `IN`: one seek per org in the (org_id,
+/// notification_id) key, not a read of every row. This is SQLite's documented emulation of a
+/// loose index scan ("skip-scan") with a recursive CTE; with hundreds of orgs it is hundreds of
+/// seeks. A lookup by notification ID alone goes through it, since the key starts with the org.
+const ORGS: &str = "(
+    WITH RECURSIVE orgs(org) AS (
+        SELECT MIN(org_id) FROM notifications
+        UNION ALL
+        SELECT (SELECT MIN(org_id) FROM notifications WHERE org_id > org)
+        FROM orgs WHERE org IS NOT NULL
+    )
+    SELECT org FROM orgs WHERE org IS NOT NULL
+)";
+
 /// The SELECT behind `list`, with a condition for each filter that is set and none for the rest.
 /// Parameters: ?1 org, ?2 since, ?3 notification ID, ?4 forwarding state, ?5 limit; all five
 /// are always bound, so the numbering holds whichever conditions are left out.
@@ -430,31 +467,19 @@ pub fn list(path: &Path, filter: &Filter) -> Result<Vec<StoredNotification>, Sto
 fn list_query(filter: &Filter, forward_table: &str) -> String {
     let mut conditions = Vec::new();
     match (&filter.org, &filter.notification_id) {
-        (Some(_), _) => conditions.push("n.org_id = ?1"),
-        // An ID without its org: look it up under each org that has notifications, one seek
-        // per org in the unique key, instead of reading every row. The CTE walks the distinct
-        // orgs through the same key (SQLite's documented loose index scan).
-        (None, Some(_)) => conditions.push(
-            "n.org_id IN (
-                WITH RECURSIVE orgs(org) AS (
-                    SELECT MIN(org_id) FROM notifications
-                    UNION ALL
-                    SELECT (SELECT MIN(org_id) FROM notifications WHERE org_id > org)
-                    FROM orgs WHERE org IS NOT NULL
-                )
-                SELECT org FROM orgs WHERE org IS NOT NULL
-            )",
-        ),
+        (Some(_), _) => conditions.push("n.org_id = ?1".to_owned()),
+        // An ID without its org: look it up under each org that has notifications.
+        (None, Some(_)) => conditions.push(format!("n.org_id IN {ORGS}")),
         (None, None) => {}
     }
     if filter.notification_id.is_some() {
-        conditions.push("n.notification_id = ?3");
+        conditions.push("n.notification_id = ?3".to_owned());
     }
     if filter.since.is_some() {
-        conditions.push("n.received_at >= ?2");
+        conditions.push("n.received_at >= ?2".to_owned());
     }
     if filter.state.is_some() {
-        conditions.push("f.state = ?4");
+        conditions.push("f.state = ?4".to_owned());
     }
     let mut sql = format!(
         "SELECT n.seq, n.org_id, n.action_id, n.notification_id, n.object_type, n.fields,
@@ -525,12 +550,24 @@ mod tests {
     /// What SQLite's planner says it will do with `sql`, one step per line.
     fn plan(conn: &Connection, sql: &str) -> String {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let nulls = std::iter::repeat_n(rusqlite::types::Null, stmt.parameter_count());
         let steps: Vec<String> = stmt
-            .query_map([rusqlite::types::Null; 5], |r| r.get(3))
+            .query_map(rusqlite::params_from_iter(nulls), |r| r.get(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
         steps.join("\n")
+    }
+
+    /// Stores one notification as the writer would, minus the columns no test here reads.
+    fn insert(conn: &Connection, org: &str, id: &str) {
+        conn.execute(
+            "INSERT INTO notifications (org_id, notification_id, action_id, object_type,
+                 fields, received_at, certificate_sha256, peer_addr)
+             VALUES (?1, ?2, 'a', 'Contact', '{}', '2026-11-24T10:00:00.000Z', 'ab', 'p')",
+            [org, id],
+        )
+        .unwrap();
     }
 
     #[test]
@@ -546,13 +583,7 @@ mod tests {
             ("00Dxx0000002gPFEAY", "04l000000000000001"),
             ("00Dxx0000003gPFEAY", "04l000000000000003"),
         ] {
-            conn.execute(
-                "INSERT INTO notifications (org_id, notification_id, action_id, object_type,
-                     fields, received_at, certificate_sha256, peer_addr)
-                 VALUES (?1, ?2, 'a', 'Contact', '{}', '2026-11-24T10:00:00.000Z', 'ab', 'p')",
-                [org, id],
-            )
-            .unwrap();
+            insert(&conn, org, id);
         }
         let org = |s: &str| Some(OrgId::parse(s).unwrap());
         let id = |s: &str| Some(s.to_owned());
@@ -613,5 +644,83 @@ mod tests {
         }
         // Nothing to seek by: every row, in the order they were stored.
         assert_eq!(list(&path, &Filter::default()).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_replay_by_notification_id_seeks_the_unique_key_and_requeues_only_that_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("obm.db");
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        // The same notification ID under two orgs, and another ID: all three dead-lettered.
+        for (org, id) in [
+            ("00Dxx0000001gPFEAY", "04l000000000000001"),
+            ("00Dxx0000002gPFEAY", "04l000000000000001"),
+            ("00Dxx0000001gPFEAY", "04l000000000000002"),
+        ] {
+            insert(&conn, org, id);
+            conn.execute(
+                "INSERT INTO forward (seq, org_id, state, attempts, next_attempt_ms, queued_ms)
+                 VALUES (last_insert_rowid(), ?1, 'dead', 5, 0, 0)",
+                [org],
+            )
+            .unwrap();
+        }
+        let pending = |conn: &Connection| -> Vec<(String, String)> {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT n.org_id, n.notification_id FROM forward f JOIN notifications n
+                     ON n.seq = f.seq WHERE f.state = 'pending' ORDER BY f.seq",
+                )
+                .unwrap();
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let by_id = |org: Option<&str>| Requeue {
+            notification_id: Some("04l000000000000001".to_owned()),
+            org: org.map(|o| OrgId::parse(o).unwrap()),
+            state: ForwardState::Dead,
+        };
+        for which in [by_id(None), by_id(Some("00Dxx0000002gPFEAY"))] {
+            let steps = plan(&conn, &requeue_query(&which));
+            assert!(
+                steps.contains("USING COVERING INDEX sqlite_autoindex_notifications_1 (org_id=?"),
+                "{which:?} does not seek the (org, notification ID) key:\n{steps}"
+            );
+            assert!(
+                steps.contains("SEARCH forward USING INTEGER PRIMARY KEY"),
+                "{which:?} walks the queue:\n{steps}"
+            );
+            assert!(
+                !steps.contains("SCAN notifications"),
+                "{which:?} scans:\n{steps}"
+            );
+        }
+
+        assert_eq!(
+            requeue(&path, &by_id(Some("00Dxx0000002gPFEAY"))).unwrap(),
+            1
+        );
+        assert_eq!(
+            pending(&conn),
+            [(
+                "00Dxx0000002gPFEAY".to_owned(),
+                "04l000000000000001".to_owned()
+            )]
+        );
+        // Without --org: the ID under every org (the one left dead in the first org).
+        assert_eq!(requeue(&path, &by_id(None)).unwrap(), 1);
+        assert_eq!(pending(&conn).len(), 2);
+        // Nothing more is dead under that ID; the other ID stays dead.
+        assert_eq!(requeue(&path, &by_id(None)).unwrap(), 0);
+        let everything = Requeue {
+            notification_id: None,
+            org: None,
+            state: ForwardState::Dead,
+        };
+        assert_eq!(requeue(&path, &everything).unwrap(), 1);
+        assert_eq!(pending(&conn).len(), 3);
     }
 }
