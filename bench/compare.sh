@@ -6,6 +6,7 @@
 #   ONLY="c d" SERVERS=obm-gate bench/compare.sh   # some scenarios (a b c d e), one server
 #   KEEP=1 bench/compare.sh          # leave both servers running afterwards (for perf), print W
 #   GATE=/tmp/obm-gate-old ONLY=d SERVERS=obm-gate bench/compare.sh   # another obm-gate build (A/B)
+#   ROUNDS=3 bench/compare.sh        # every scenario three times; the report gives medians
 #
 # Both servers get the same ECDSA P-256 server certificate and the same RSA-2048 client
 # certificate. nginx: ssl_verify_client on, the client certificate as its trust list,
@@ -15,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10}
+ROUNDS=${ROUNDS:-1}
 ONLY=${ONLY:-a b c d e}
 SERVERS=${SERVERS:-nginx obm-gate}
 OUT=${OUT:-bench/results}
@@ -126,11 +128,11 @@ HZ=$(getconf CLK_TCK)
 
 # record SCENARIO SERVER CLIENT JSON_FROM_CLIENT CPU_TICKS
 record() {
-  python3 - "$@" "$HZ" "$(rss_kb "$2")" >> "$OUT/results.jsonl" <<'PY'
+  python3 - "$@" "$HZ" "$(rss_kb "$2")" "$ROUND" >> "$OUT/results.jsonl" <<'PY'
 import json, sys
-scenario, server, client, raw, ticks, hz, rss = sys.argv[1:8]
+scenario, server, client, raw, ticks, hz, rss, rnd = sys.argv[1:9]
 r = json.loads(raw)
-r.update(scenario=scenario, server=server, client=client, cpu_seconds=int(ticks) / int(hz), rss_kb=int(rss))
+r.update(scenario=scenario, server=server, client=client, round=int(rnd), cpu_seconds=int(ticks) / int(hz), rss_kb=int(rss))
 n = r.get("requests") or 0
 r["cpu_ms_per_msg"] = r["cpu_seconds"] * 1000 / n if n else None
 print(json.dumps(r))
@@ -186,23 +188,40 @@ open(path, "w").write(f'<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope 
 PY
 
 want() { [[ " $ONLY " == *" $1 "* ]]; }
-for server in $SERVERS; do
-  echo "== $server"
-  if want a; then
-    loadgen a "$server" --mode new --concurrency 16
-    s_time a "$server" -new
-  fi
-  if want b; then
-    loadgen b "$server" --mode resume --concurrency 16
-    s_time b "$server" -reuse
-  fi
-  if want c; then
-    for c in 1 16 128; do
-      loadgen c "$server" --mode keepalive --concurrency "$c"
-      oha_run c-same-body "$server" "$c"
+# Each run is made on both servers back to back, so a ratio compares two runs seconds apart.
+# With ROUNDS > 1 every run repeats, the server that goes first alternating, and bench/report.py
+# gives the median ratio with its range.
+runs() { # the runs ONLY asks for, in order
+  want a && echo a
+  want b && echo b
+  want c && echo c1 c16 c128
+  want d && echo d
+  true
+}
+run() { # RUN SERVER
+  local server=$2
+  case $1 in
+    a) loadgen a "$server" --mode new --concurrency 16
+       s_time a "$server" -new ;;
+    b) loadgen b "$server" --mode resume --concurrency 16
+       s_time b "$server" -reuse ;;
+    c*) loadgen c "$server" --mode keepalive --concurrency "${1#c}"
+        oha_run c-same-body "$server" "${1#c}" ;;
+    d) loadgen d "$server" --mode keepalive --concurrency 16 --notifications 100 ;;
+  esac
+}
+ROUND=1
+for ROUND in $(seq "$ROUNDS"); do
+  order=$SERVERS
+  ((ROUND % 2)) || order=$(echo "$SERVERS" | tr ' ' '\n' | tac | tr '\n' ' ')
+  for r in $(runs); do
+    for server in $order; do
+      echo "== round $ROUND, $r, $server"
+      run "$r" "$server"
     done
-  fi
-  want d && loadgen d "$server" --mode keepalive --concurrency 16 --notifications 100
+  done
+done
+for server in $SERVERS; do
   want e || continue
   # (e) 10,000 idle connections: RSS with them held, minus RSS before.
   before=$(rss_kb "$server")

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Turns bench/compare.sh's results.jsonl into the BENCHMARKS.md table and an SVG plot of
-throughput against concurrency for both servers. Standard library only.
+"""Turns bench/compare.sh's results.jsonl into the BENCHMARKS.md table, the #6 targets judged
+round by round, and an SVG plot of throughput against concurrency for both servers (medians when
+there are several rounds). Standard library only.
 
     python3 bench/report.py bench/results
 """
@@ -31,6 +32,8 @@ def crypto_ceiling():
 
 
 def find(scenario, server, client=None, concurrency=None, mode=None):
+    """Every round's row for this run, in round order."""
+    found = []
     for r in rows:
         if r["scenario"] != scenario or r["server"] != server:
             continue
@@ -40,15 +43,46 @@ def find(scenario, server, client=None, concurrency=None, mode=None):
             continue
         if mode and r.get("mode") != mode:
             continue
-        return r
-    return None
+        found.append(r)
+    return found
+
+
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def med(runs, key):
+    """The median of one figure over the rounds."""
+    return median(r.get(key) for r in runs)
+
+
+def ratios(ns, gs):
+    """obm-gate/nginx per round, each from the two runs made back to back."""
+    by_round = {r.get("round", 1): r for r in ns}
+    return [g["rate"] / by_round[g.get("round", 1)]["rate"]
+            for g in gs if by_round.get(g.get("round", 1), {}).get("rate")]
 
 
 def fmt(v, spec=".0f"):
     return "–" if v is None else format(v, spec)
 
 
+def spread(values, spec, unit=""):
+    """The median, and with more than one round the range: 0.52× (0.44–0.60)."""
+    m = median(values)
+    if m is None:
+        return "–"
+    if len(values) < 2:
+        return f"{m:{spec}}{unit}"
+    return f"{m:{spec}}{unit} ({min(values):{spec}}–{max(values):{spec}})"
+
+
 lines = []
+rounds = max((r.get("round", 1) for r in rows), default=1)
 ceiling, parts = crypto_ceiling()
 cores = os.cpu_count() or 1
 if ceiling:
@@ -56,6 +90,10 @@ if ceiling:
         f"Crypto ceiling (one core): {ceiling:,.0f} full mutual-TLS handshakes/s "
         + "(" + ", ".join(f"{k} {v / 1000:.1f} µs" for k, v in parts.items()) + f"); {cores} cores: {ceiling * cores:,.0f}/s."
     )
+    lines.append("")
+if rounds > 1:
+    lines.append(f"{rounds} rounds: each figure is the median over the rounds; a ratio is the median of the "
+                 "per-round ratios, with their range in brackets.")
     lines.append("")
 lines.append("| scenario | client | nginx msg/s | obm-gate msg/s | ratio | nginx p50 / p99 ms | obm-gate p50 / p99 ms | CPU ms/msg nginx / obm-gate | RSS MiB nginx / obm-gate |")
 lines.append("|---|---|---|---|---|---|---|---|---|")
@@ -76,48 +114,79 @@ for r in rows:
     g = find(r["scenario"], "obm-gate", r["client"], r.get("concurrency"))
     if not n or not g:
         continue
-    ratio = g["rate"] / n["rate"] if n["rate"] else None
     label = labels.get(r["scenario"], r["scenario"])
     if r["scenario"] in ("c", "c-same-body", "a", "b") and r["client"] == "loadgen" or r["scenario"] == "c-same-body":
         label += f", c={r.get('concurrency')}"
-    lat = lambda x: f"{fmt(x.get('p50_ms'), '.2f')} / {fmt(x.get('p99_ms'), '.2f')}"
-    cpu = lambda x: fmt(x.get("cpu_ms_per_msg"), ".3f")
+    lat = lambda x: f"{fmt(med(x, 'p50_ms'), '.2f')} / {fmt(med(x, 'p99_ms'), '.2f')}"
+    cpu = lambda x: fmt(med(x, "cpu_ms_per_msg"), ".3f")
     lines.append(
-        f"| {label} | {r['client']} | {n['rate']:,.0f} | {g['rate']:,.0f} | {fmt(ratio, '.2f')}× | {lat(n)} | {lat(g)} | {cpu(n)} / {cpu(g)} | {n['rss_kb'] / 1024:.0f} / {g['rss_kb'] / 1024:.0f} |"
+        f"| {label} | {r['client']} | {med(n, 'rate'):,.0f} | {med(g, 'rate'):,.0f} | {spread(ratios(n, g), '.2f', '×')} | {lat(n)} | {lat(g)} | {cpu(n)} / {cpu(g)} | {med(n, 'rss_kb') / 1024:.0f} / {med(g, 'rss_kb') / 1024:.0f} |"
     )
 lines.append("")
-d = find("d", "obm-gate")
-if d and d.get("cpu_seconds"):
-    mb = d["rate"] * d["body_bytes"] / 1e6
+d = [x for x in find("d", "obm-gate") if x.get("cpu_seconds")]
+if d:
+    mb = lambda x: x["requests"] * x["body_bytes"] / 1e6 / x["cpu_seconds"]
     lines.append(
-        f"(d) obm-gate: {mb:.1f} MB/s of SOAP parsed and stored, {d['cpu_seconds'] / d['seconds']:.2f} cores busy, "
-        f"{d['requests'] * d['body_bytes'] / 1e6 / d['cpu_seconds']:.1f} MB per CPU-second."
+        f"(d) obm-gate: {med([{'v': x['rate'] * x['body_bytes'] / 1e6} for x in d], 'v'):.1f} MB/s of SOAP parsed and stored, "
+        f"{med([{'v': x['cpu_seconds'] / x['seconds']} for x in d], 'v'):.2f} cores busy, "
+        f"{spread([mb(x) for x in d], '.1f')} MB per CPU-second."
     )
 a = find("a", "obm-gate", "loadgen")
 if a and ceiling:
-    per_server_core = 1000 / a["cpu_ms_per_msg"]
+    rate, cpu_ms = med(a, "rate"), med(a, "cpu_ms_per_msg")
+    per_server_core = 1000 / cpu_ms
     lines.append(
-        f"(a) obm-gate: {a['rate']:,.0f} handshakes/s = {a['rate'] / ceiling * 100:.0f}% of the one-core crypto ceiling "
-        f"({a['rate'] / (ceiling * cores) * 100:.0f}% of {cores} cores, which the load generator shares). "
+        f"(a) obm-gate: {rate:,.0f} handshakes/s = {rate / ceiling * 100:.0f}% of the one-core crypto ceiling "
+        f"({rate / (ceiling * cores) * 100:.0f}% of {cores} cores, which the load generator shares). "
         f"Per CPU-second of the server: {per_server_core:,.0f} handshakes, each with a stored message "
-        f"= {per_server_core / ceiling * 100:.0f}% of the ceiling ({a['cpu_ms_per_msg'] * 1000:.0f} µs CPU each against {1e6 / ceiling:.0f} µs of crypto)."
+        f"= {per_server_core / ceiling * 100:.0f}% of the ceiling ({cpu_ms * 1000:.0f} µs CPU each against {1e6 / ceiling:.0f} µs of crypto)."
     )
-for server in ("nginx", "obm-gate"):
-    e = find("e", server)
-    if e:
+e = {server: find("e", server) for server in ("nginx", "obm-gate")}
+for server, runs in e.items():
+    for x in runs:
         lines.append(
-            f"(e) {server}: {e['held']} idle mutual-TLS connections, RSS {e['rss_before_kb'] / 1024:.0f} → {e['rss_held_kb'] / 1024:.0f} MiB, "
-            f"{e['kib_per_connection']:.1f} KiB per connection."
+            f"(e) {server}: {x['held']} idle mutual-TLS connections, RSS {x['rss_before_kb'] / 1024:.0f} → {x['rss_held_kb'] / 1024:.0f} MiB, "
+            f"{x['kib_per_connection']:.1f} KiB per connection."
         )
+
+# The #6 targets, judged in each round on its own.
+targets = []
+a_ratios = ratios(find("a", "nginx", "loadgen"), find("a", "obm-gate", "loadgen"))
+if a_ratios:
+    targets.append(("(a) full handshakes ≥ 1.5× nginx", [f"{x:.2f}×" for x in a_ratios], [x >= 1.5 for x in a_ratios]))
+if a and ceiling:
+    share = [1000 / x["cpu_ms_per_msg"] / ceiling for x in a]
+    targets.append(("(a) ≥ 70% of the crypto ceiling (per server CPU-second)", [f"{x * 100:.0f}%" for x in share], [x >= 0.7 for x in share]))
+c_n, c_g = find("c", "nginx", "loadgen", 128), find("c", "obm-gate", "loadgen", 128)
+c_ratios = ratios(c_n, c_g)
+if c_ratios:
+    targets.append(("(c) c=128 ≥ 0.5× nginx", [f"{x:.2f}×" for x in c_ratios], [x >= 0.5 for x in c_ratios]))
+if c_g:
+    targets.append(("(c) c=128 p99 < 10 ms", [f"{x['p99_ms']:.2f} ms" for x in c_g], [x["p99_ms"] < 10 for x in c_g]))
+if d:
+    per_cpu = [mb(x) for x in d]
+    targets.append(("(d) ≥ 300 MB/s per core", [f"{x:.1f} MB/CPU-s" for x in per_cpu], [x >= 300 for x in per_cpu]))
+if e["obm-gate"]:
+    kib = e["obm-gate"][0]["kib_per_connection"]
+    nginx_kib = e["nginx"][0]["kib_per_connection"] if e["nginx"] else None
+    ok = kib <= 64 and (nginx_kib is None or kib <= nginx_kib)
+    targets.append(("(e) ≤ 64 KiB per idle connection, ≤ nginx", [f"{kib:.1f} vs {fmt(nginx_kib, '.1f')} KiB"], [ok]))
+if targets:
+    lines.append("")
+    lines.append("| target | per round | met |")
+    lines.append("|---|---|---|")
+    for name, shown, met in targets:
+        lines.append(f"| {name} | {', '.join(shown)} | {sum(met)} of {len(met)} |")
 table = "\n".join(lines) + "\n"
 open(os.path.join(out, "table.md"), "w").write(table)
 print(table)
 
 # Throughput against concurrency, scenario (c) with fresh notifications, both servers.
-series = {}
+runs = {}
 for r in rows:
     if r["scenario"] == "c" and r["client"] == "loadgen":
-        series.setdefault(r["server"], []).append((r["concurrency"], r["rate"]))
+        runs.setdefault(r["server"], {}).setdefault(r["concurrency"], []).append(r["rate"])
+series = {server: [(c, median(v)) for c, v in by_c.items()] for server, by_c in runs.items()}
 if series:
     W, H, L, B = 640, 400, 70, 50
     xs = sorted({c for s in series.values() for c, _ in s})
