@@ -127,8 +127,8 @@ d = [x for x in find("d", "obm-gate") if x.get("cpu_seconds")]
 if d:
     mb = lambda x: x["requests"] * x["body_bytes"] / 1e6 / x["cpu_seconds"]
     lines.append(
-        f"(d) obm-gate: {med([{'v': x['rate'] * x['body_bytes'] / 1e6} for x in d], 'v'):.1f} MB/s of SOAP parsed and stored, "
-        f"{med([{'v': x['cpu_seconds'] / x['seconds']} for x in d], 'v'):.2f} cores busy, "
+        f"(d) obm-gate: {median([x['rate'] * x['body_bytes'] / 1e6 for x in d]):.1f} MB/s of SOAP parsed and stored, "
+        f"{median([x['cpu_seconds'] / x['seconds'] for x in d]):.2f} cores busy, "
         f"{spread([mb(x) for x in d], '.1f')} MB per CPU-second."
     )
 a = find("a", "obm-gate", "loadgen")
@@ -142,8 +142,8 @@ if a and ceiling:
         f"= {per_server_core / ceiling * 100:.0f}% of the ceiling ({cpu_ms * 1000:.0f} µs CPU each against {1e6 / ceiling:.0f} µs of crypto)."
     )
 e = {server: find("e", server) for server in ("nginx", "obm-gate")}
-for server, runs in e.items():
-    for x in runs:
+for server, found in e.items():
+    for x in found:
         lines.append(
             f"(e) {server}: {x['held']} idle mutual-TLS connections, RSS {x['rss_before_kb'] / 1024:.0f} → {x['rss_held_kb'] / 1024:.0f} MiB, "
             f"{x['kib_per_connection']:.1f} KiB per connection."
@@ -182,11 +182,11 @@ open(os.path.join(out, "table.md"), "w").write(table)
 print(table)
 
 # Throughput against concurrency, scenario (c) with fresh notifications, both servers.
-runs = {}
+rates = {}
 for r in rows:
     if r["scenario"] == "c" and r["client"] == "loadgen":
-        runs.setdefault(r["server"], {}).setdefault(r["concurrency"], []).append(r["rate"])
-series = {server: [(c, median(v)) for c, v in by_c.items()] for server, by_c in runs.items()}
+        rates.setdefault(r["server"], {}).setdefault(r["concurrency"], []).append(r["rate"])
+series = {server: [(c, median(v)) for c, v in by_c.items()] for server, by_c in rates.items()}
 if series:
     W, H, L, B = 640, 400, 70, 50
     xs = sorted({c for s in series.values() for c, _ in s})
