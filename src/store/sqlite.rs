@@ -559,32 +559,34 @@ mod tests {
         steps.join("\n")
     }
 
-    /// Stores one notification as the writer would, minus the columns no test here reads.
-    fn insert(conn: &Connection, org: &str, id: &str) {
-        conn.execute(
-            "INSERT INTO notifications (org_id, notification_id, action_id, object_type,
-                 fields, received_at, certificate_sha256, peer_addr)
-             VALUES (?1, ?2, 'a', 'Contact', '{}', '2026-11-24T10:00:00.000Z', 'ab', 'p')",
-            [org, id],
-        )
-        .unwrap();
-    }
-
-    #[test]
-    fn a_lookup_by_org_or_notification_id_seeks_the_unique_key_instead_of_scanning() {
+    /// A migrated store holding these (org, notification ID) pairs, in this order; the other
+    /// columns are filler no test here reads.
+    fn store_with(rows: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("obm.db");
         let mut conn = Connection::open(&path).unwrap();
         migrate(&mut conn).unwrap();
+        for (org, id) in rows {
+            conn.execute(
+                "INSERT INTO notifications (org_id, notification_id, action_id, object_type,
+                     fields, received_at, certificate_sha256, peer_addr)
+                 VALUES (?1, ?2, 'a', 'Contact', '{}', '2026-11-24T10:00:00.000Z', 'ab', 'p')",
+                [org, id],
+            )
+            .unwrap();
+        }
+        (dir, path, conn)
+    }
+
+    #[test]
+    fn a_lookup_by_org_or_notification_id_seeks_the_unique_key_instead_of_scanning() {
         // The same notification ID under two orgs (IDs are unique per org only), and a third org.
-        for (org, id) in [
+        let (_dir, path, conn) = store_with(&[
             ("00Dxx0000001gPFEAY", "04l000000000000001"),
             ("00Dxx0000001gPFEAY", "04l000000000000002"),
             ("00Dxx0000002gPFEAY", "04l000000000000001"),
             ("00Dxx0000003gPFEAY", "04l000000000000003"),
-        ] {
-            insert(&conn, org, id);
-        }
+        ]);
         let org = |s: &str| Some(OrgId::parse(s).unwrap());
         let id = |s: &str| Some(s.to_owned());
         let cases = [
@@ -648,24 +650,17 @@ mod tests {
 
     #[test]
     fn a_replay_by_notification_id_seeks_the_unique_key_and_requeues_only_that_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("obm.db");
-        let mut conn = Connection::open(&path).unwrap();
-        migrate(&mut conn).unwrap();
         // The same notification ID under two orgs, and another ID: all three dead-lettered.
-        for (org, id) in [
+        let (_dir, path, conn) = store_with(&[
             ("00Dxx0000001gPFEAY", "04l000000000000001"),
             ("00Dxx0000002gPFEAY", "04l000000000000001"),
             ("00Dxx0000001gPFEAY", "04l000000000000002"),
-        ] {
-            insert(&conn, org, id);
-            conn.execute(
-                "INSERT INTO forward (seq, org_id, state, attempts, next_attempt_ms, queued_ms)
-                 VALUES (last_insert_rowid(), ?1, 'dead', 5, 0, 0)",
-                [org],
-            )
-            .unwrap();
-        }
+        ]);
+        conn.execute_batch(
+            "INSERT INTO forward (seq, org_id, state, attempts, next_attempt_ms, queued_ms)
+             SELECT seq, org_id, 'dead', 5, 0, 0 FROM notifications",
+        )
+        .unwrap();
         let pending = |conn: &Connection| -> Vec<(String, String)> {
             let mut stmt = conn
                 .prepare(
