@@ -43,12 +43,17 @@ ulimit -n "$(ulimit -Hn)"  # 10,000 idle connections need more than the usual 1,
 
 W=$(mktemp -d /tmp/obm-bench.XXXXXX)
 cleanup() {
+  pkill -f -- "$W/client.pem" 2>/dev/null || true  # this run's clients (all name its certificate)
   [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null || true
   [ -n "${GATE_PID:-}" ] && kill "$GATE_PID" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$W"
 }
 trap cleanup EXIT
+# Stopped (kill, Ctrl-C): exit through cleanup once the running client returns (at most DUR
+# seconds), instead of dying at once and leaving servers and a client that disturbs the next run.
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 # --- certificates --------------------------------------------------------------------------
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
