@@ -31,7 +31,7 @@ def crypto_ceiling():
     return 1e9 / total_ns, parts
 
 
-def find(scenario, server, client=None, concurrency=None, mode=None):
+def find(scenario, server, client=None, concurrency=None):
     """Every round's row for this run, in round order."""
     found = []
     for r in rows:
@@ -40,8 +40,6 @@ def find(scenario, server, client=None, concurrency=None, mode=None):
         if client and r["client"] != client:
             continue
         if concurrency is not None and r.get("concurrency") != concurrency:
-            continue
-        if mode and r.get("mode") != mode:
             continue
         found.append(r)
     return found
