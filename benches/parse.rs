@@ -1,6 +1,12 @@
-//! SOAP parse throughput for messages of 1, 10 and 100 notifications.
+//! SOAP parse throughput for messages of 1, 10 and 100 notifications (`soap_parse`); the same
+//! plus turning each notification into what the store takes (`soap_ingest`: the request path's
+//! CPU before the writer); and quick-xml's own namespace-aware reader over the 100-notification
+//! message (`quick_xml_floor`), the least any parser built on it can cost.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use obm_gate::store::NewNotification;
+use quick_xml::events::Event;
+use quick_xml::reader::NsReader;
 use std::hint::black_box;
 
 fn message(notifications: usize) -> Vec<u8> {
@@ -34,5 +40,44 @@ fn parse(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse);
+fn ingest(c: &mut Criterion) {
+    let mut group = c.benchmark_group("soap_ingest");
+    for n in [1, 100] {
+        let body = message(n);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(format!("{n}_notifications_{}B", body.len()), |b| {
+            b.iter(|| {
+                let message = obm_gate::soap::parse(black_box(&body)).unwrap();
+                let stored: Vec<NewNotification> = message
+                    .notifications
+                    .iter()
+                    .map(|n| NewNotification::new(&n.id, &n.object_type, &n.fields))
+                    .collect();
+                stored.len()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn floor(c: &mut Criterion) {
+    let body = message(100);
+    let text = std::str::from_utf8(&body).unwrap();
+    let mut group = c.benchmark_group("quick_xml_floor");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function(format!("ns_reader_{}B", body.len()), |b| {
+        b.iter(|| {
+            let mut reader = NsReader::from_str(black_box(text));
+            reader.config_mut().check_end_names = true;
+            let mut events = 0;
+            while !matches!(reader.read_event().unwrap(), Event::Eof) {
+                events += 1;
+            }
+            events
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse, ingest, floor);
 criterion_main!(benches);

