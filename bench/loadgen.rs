@@ -74,7 +74,16 @@ fn tls_config(args: &Args, resume: bool) -> Arc<rustls::ClientConfig> {
         .map(|c| c.expect("--cert"))
         .collect();
     let key = PrivateKeyDer::from_pem_file(&args.key).expect("--key");
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    // X25519 and P-256 only, as a TLS 1.2 sender like Salesforce's offers. rustls would put
+    // the post-quantum hybrid X25519MLKEM768 first, which obm-gate (rustls) accepts and nginx
+    // (Debian's OpenSSL 3.0) cannot: the two servers would run different key exchanges in (a)
+    // and (b), and obm-gate's would cost more.
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups = vec![
+        rustls::crypto::aws_lc_rs::kx_group::X25519,
+        rustls::crypto::aws_lc_rs::kx_group::SECP256R1,
+    ];
+    let provider = Arc::new(provider);
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .unwrap()
