@@ -93,6 +93,11 @@ http {
     ssl_certificate $W/server.pem;
     ssl_certificate_key $W/server.key;
     ssl_protocols TLSv1.2 TLSv1.3;
+    # obm-gate's suite order (AES-128-GCM with SHA-256 first, the server's choice) for nginx too;
+    # by default OpenSSL takes the client's first choice, AES-256-GCM-SHA384, which costs more.
+    ssl_prefer_server_ciphers on;
+    ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305;
+    ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;
     ssl_verify_client on;
     ssl_client_certificate $W/client.pem;
     ssl_session_cache shared:SSL:20m;
