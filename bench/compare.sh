@@ -9,9 +9,10 @@
 #   ROUNDS=3 bench/compare.sh        # every scenario three times; the report gives medians
 #
 # Both servers get the same ECDSA P-256 server certificate and the same RSA-2048 client
-# certificate. nginx: ssl_verify_client on, the client certificate as its trust list,
-# `return 200` with the canonical ack (it neither parses nor stores). obm-gate: its full path
-# (registry, parse, org binding, SQLite group commit with synchronous=FULL, ack).
+# certificate, and negotiate the same suite and key exchange. nginx: ssl_verify_client on, the
+# client certificate as its trust list, `return 200` with the canonical ack (it neither parses
+# nor stores). obm-gate: its full path (registry, parse, org binding, SQLite group commit with
+# synchronous=FULL, ack).
 # Results: bench/results/results.jsonl, then bench/report.py writes the table and the plot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
