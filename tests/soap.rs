@@ -127,6 +127,13 @@ fn byte_order_mark_and_foreign_prefixes() {
         body.as_bytes(),
         "org=00Dxx0000001gPFEAY action=04kxx00000000blCAA session=- enterprise=- partner=-\n04lxx000000CaShAAK Lead Company=\"A & B <C> é中\" Note=\"<raw> & text\" Empty=\"\"",
     );
+
+    // A field is taken by its local name, whatever its namespace: the parser does not resolve
+    // a field's prefix at all (Salesforce always uses the sObject namespace).
+    check(
+        &one(r#"<Name>Default</Name><x:Site xmlns:x="urn:other">Elsewhere</x:Site>"#),
+        &format!("{ONE_HEAD}\n04lxx000000CaShAAK Account Name=\"Default\" Site=\"Elsewhere\""),
+    );
 }
 
 #[test]
