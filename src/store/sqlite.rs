@@ -18,6 +18,7 @@ use super::{
     Batch, Committed, Control, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage,
     Outgoing, Requeue, StoreError, StoredNotification, WriterContext, now_ms, now_rfc3339,
 };
+use crate::ids::OrgId;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -352,12 +353,10 @@ fn requeue_query(which: &Requeue) -> (String, Vec<(&'static str, Value)>) {
     let condition = match (&which.org, &which.notification_id) {
         (None, None) => "state = :state".to_owned(),
         (Some(_), None) => "state = :state AND org_id = :org".to_owned(),
-        (Some(_), Some(_)) => "+state = :state AND seq IN (SELECT seq FROM notifications
-                                   WHERE org_id = :org AND notification_id = :id)"
-            .to_owned(),
-        (None, Some(_)) => format!(
+        (org, Some(_)) => format!(
             "+state = :state AND seq IN (SELECT seq FROM notifications
-                                   WHERE org_id IN {ORGS} AND notification_id = :id)"
+                                   WHERE org_id {} AND notification_id = :id)",
+            keyed_orgs(org.as_ref())
         ),
     };
     let sql = format!(
@@ -445,6 +444,16 @@ const ORGS: &str = "(
     SELECT org FROM orgs WHERE org IS NOT NULL
 )";
 
+/// The orgs a lookup seeks in the (org_id, notification_id) key, as the right side of
+/// `org_id …`: the given org or, for a notification ID without its org, every org that has
+/// notifications ([`ORGS`]). `list` and `requeue` share it, so both reach rows the same way.
+fn keyed_orgs(org: Option<&OrgId>) -> String {
+    match org {
+        Some(_) => "= :org".to_owned(),
+        None => format!("IN {ORGS}"),
+    }
+}
+
 /// The SELECT behind `list`, with a condition for each filter that is set and none for the rest,
 /// and the value of every parameter it names (each condition is added with its value).
 ///
@@ -455,14 +464,12 @@ fn list_query(filter: &Filter, forward_table: &str) -> (String, Vec<(&'static st
     let mut conditions = Vec::new();
     let limit = filter.limit.map_or(-1, |l| l as i64);
     let mut values = vec![(":limit", Value::Integer(limit))];
-    match (&filter.org, &filter.notification_id) {
-        (Some(org), _) => {
-            conditions.push("n.org_id = :org".to_owned());
-            values.push((":org", Value::Text(org.as_str().to_owned())));
-        }
-        // An ID without its org: look it up under each org that has notifications.
-        (None, Some(_)) => conditions.push(format!("n.org_id IN {ORGS}")),
-        (None, None) => {}
+    if let Some(org) = &filter.org {
+        values.push((":org", Value::Text(org.as_str().to_owned())));
+    }
+    // An org narrows the key; an ID without its org is looked up under each org.
+    if filter.org.is_some() || filter.notification_id.is_some() {
+        conditions.push(format!("n.org_id {}", keyed_orgs(filter.org.as_ref())));
     }
     if let Some(id) = &filter.notification_id {
         conditions.push("n.notification_id = :id".to_owned());
@@ -495,7 +502,6 @@ fn list_query(filter: &Filter, forward_table: &str) -> (String, Vec<(&'static st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::OrgId;
 
     fn names(conn: &Connection, kind: &str) -> Vec<String> {
         let mut stmt = conn
