@@ -66,8 +66,8 @@ const MIGRATIONS: &[&str] = &[
 /// The page size of a new store. Every committed page is written twice (to the WAL, then by the
 /// checkpoint into the file), each with its own syscalls, checksum and B-tree bookkeeping; 16 KiB
 /// pages instead of SQLite's 4 KiB carry the same rows in a quarter of the pages. Scenario (d)
-/// of `bench/compare.sh` (100-notification messages): 117 → 127 MB of SOAP per CPU-second,
-/// medians of eight alternated runs each (BENCHMARKS.md).
+/// of `bench/compare.sh` (100-notification messages), seven alternated pairs of runs: 107 → 130
+/// MB of SOAP per CPU-second (medians; the 16 KiB build ahead in every pair), p99 12–13 → 9 ms.
 const PAGE_SIZE: i64 = 16 * 1024;
 /// Checkpoint once the WAL holds this much, as SQLite's default of 1,000 4 KiB pages does, at
 /// whatever page size the file has. At 16 KiB pages the default page count made each checkpoint,
