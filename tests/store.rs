@@ -6,10 +6,10 @@ use obm_gate::ids::{Fingerprint, OrgId};
 use obm_gate::metrics::Metrics;
 use obm_gate::store::{NewMessage, NewNotification, Store};
 
-/// The WAL is checkpointed back into the database file as it grows (SQLite's automatic checkpoint,
-/// set to every 4 MB of WAL, inside the writer's commit). Write a burst of 30 MB: the data must reach the
-/// database file, and the WAL must stay bounded (without checkpoints it grows to about twice the
-/// data, and never shrinks).
+/// The WAL is checkpointed back into the database file as it grows (SQLite's automatic
+/// checkpoint, set to every 4 MB of WAL, inside the writer's commit). Write a burst of 30 MB: the
+/// data must reach the database file, and the WAL must stay bounded (without checkpoints it grows
+/// to about twice the data, and never shrinks).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wal_is_checkpointed_and_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();
