@@ -68,6 +68,8 @@ const MIGRATIONS: &[&str] = &[
 /// pages instead of SQLite's 4 KiB carry the same rows in a quarter of the pages. Scenario (d)
 /// of `bench/compare.sh` (100-notification messages), seven alternated pairs of runs: 107 → 130
 /// MB of SOAP per CPU-second (medians; the 16 KiB build ahead in every pair), p99 12–13 → 9 ms.
+/// The cost: a commit of one small message alone rewrites whole 16 KiB pages and is 10–20%
+/// slower (`cargo bench --bench store`, `store_acks/1`); batches of 8 and more are not.
 const PAGE_SIZE: i64 = 16 * 1024;
 /// Checkpoint once the WAL holds this much, as SQLite's default of 1,000 4 KiB pages does, at
 /// whatever page size the file has. At 16 KiB pages the default page count made each checkpoint,
