@@ -9,8 +9,8 @@ use std::borrow::Cow;
 
 use quick_xml::escape::{escape, resolve_predefined_entity};
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::ResolveResult;
-use quick_xml::reader::NsReader;
+use quick_xml::name::{NamespaceResolver, ResolveResult};
+use quick_xml::reader::{NsReader, Reader};
 
 use crate::ids::{IdError, OrgId};
 
@@ -317,21 +317,27 @@ enum Item<'a> {
 struct Parser<'a> {
     /// The whole document; names are borrowed from it.
     text: &'a str,
-    reader: NsReader<&'a [u8]>,
+    /// quick-xml's plain reader, with the namespace scopes kept beside it in `ns`: only a start
+    /// tag with attributes can declare a namespace, so only such a tag opens a scope. Every
+    /// field of a record has none, and skips the scope work `NsReader` does for each element.
+    reader: Reader<&'a [u8]>,
+    ns: NamespaceResolver,
     depth: usize,
-    /// Names of the open elements, for truncation messages.
-    stack: Vec<Cow<'a, str>>,
+    /// The open elements: local name (for truncation messages), and whether it opened a
+    /// namespace scope that its end tag closes.
+    stack: Vec<(Cow<'a, str>, bool)>,
 }
 
 impl<'a> Parser<'a> {
     fn new(text: &'a str) -> Self {
-        let mut reader = NsReader::from_str(text);
+        let mut reader = Reader::from_str(text);
         let cfg = reader.config_mut();
         cfg.check_end_names = true;
         cfg.expand_empty_elements = false;
         Parser {
             text,
             reader,
+            ns: NamespaceResolver::default(),
             depth: 0,
             stack: Vec::with_capacity(8),
         }
@@ -344,8 +350,8 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// The next event. The reader keeps the namespace scopes; only start tags are resolved
-    /// (in `open`), because nothing else needs a namespace.
+    /// The next event. Namespace scopes are opened in `open` and closed in `close`; only start
+    /// tags are resolved, because nothing else needs a namespace.
     fn event(&mut self) -> Result<Event<'a>, SoapError> {
         match self.reader.read_event() {
             Ok(Event::DocType(_)) => Err(SoapError::Dtd),
@@ -360,20 +366,35 @@ impl<'a> Parser<'a> {
         empty: bool,
         resolve: bool,
     ) -> Result<Open<'a>, SoapError> {
+        // An `xmlns` declaration is an attribute: a tag without attributes keeps the scope.
+        let scoped = start.len() != start.name().as_ref().len();
+        if scoped {
+            self.ns.push(&start).map_err(|e| self.xml_error(e.into()))?;
+        }
         let ns = if resolve {
-            classify(&self.reader.resolver().resolve_element(start.name()).0)
+            classify(&self.ns.resolve_element(start.name()).0)
         } else {
             Ns::Unresolved
         };
-        let (nil, xsi_type) = self.xsi_attributes(&start)?;
+        let attributes = if scoped {
+            self.xsi_attributes(&start)
+        } else {
+            Ok((false, None))
+        };
         let local = reborrow(self.text, start.local_name().into_inner());
-        if !empty {
+        if empty {
+            // `<x/>` has no end tag: its scope closes here.
+            if scoped {
+                self.ns.pop();
+            }
+        } else {
             self.depth += 1;
+            self.stack.push((local.clone(), scoped));
             if self.depth > MAX_DEPTH {
                 return Err(SoapError::TooDeep);
             }
-            self.stack.push(local.clone());
         }
+        let (nil, xsi_type) = attributes?;
         Ok(Open {
             ns,
             local,
@@ -383,24 +404,20 @@ impl<'a> Parser<'a> {
         })
     }
 
-    /// `xsi:nil` and the local part of `xsi:type` of a start tag. Every attribute is still
-    /// checked for well-formedness (and duplicates) by the iterator.
+    /// `xsi:nil` and the local part of `xsi:type` of a start tag whose scope is open. Every
+    /// attribute is still checked for well-formedness (and duplicates) by the iterator.
     fn xsi_attributes(
         &self,
         start: &BytesStart<'a>,
     ) -> Result<(bool, Option<Cow<'a, str>>), SoapError> {
         let (mut nil, mut xsi_type) = (false, None);
-        // Most elements (every field) have no attributes: no iterator for them.
-        if start.len() == start.name().as_ref().len() {
-            return Ok((nil, xsi_type));
-        }
         for attr in start.attributes() {
             let attr = attr.map_err(|e| self.xml_error(e.into()))?;
             // An unprefixed attribute is in no namespace, so it cannot be xsi:nil or xsi:type.
             if attr.key.prefix().is_none() {
                 continue;
             }
-            let (r, local) = self.reader.resolver().resolve_attribute(attr.key);
+            let (r, local) = self.ns.resolve_attribute(attr.key);
             let is_xsi = matches!(&r, ResolveResult::Bound(n) if n.as_ref() == XSI_NS);
             if !is_xsi {
                 continue;
@@ -453,12 +470,14 @@ impl<'a> Parser<'a> {
             return Err(SoapError::StrayText("outside the SOAP envelope"));
         }
         self.depth -= 1;
-        self.stack.pop();
+        if let Some((_, true)) = self.stack.pop() {
+            self.ns.pop();
+        }
         Ok(())
     }
 
     fn truncated(&self) -> SoapError {
-        let open = self.stack.last().map(|s| s.to_string());
+        let open = self.stack.last().map(|(s, _)| s.to_string());
         SoapError::Truncated(open.unwrap_or_else(|| "Envelope".to_owned()))
     }
 
@@ -470,7 +489,15 @@ impl<'a> Parser<'a> {
         let mut value: Option<Cow<'a, str>> = None;
         let push = |value: &mut Option<Cow<'a, str>>, piece: Cow<'a, str>| match value {
             None => *value = Some(piece),
-            Some(v) => v.to_mut().push_str(&piece),
+            Some(v) => {
+                if let Cow::Borrowed(first) = v {
+                    // A reference splits the value: room for the rest at once, not regrown twice.
+                    let mut owned = String::with_capacity(first.len() + piece.len() + 32);
+                    owned.push_str(first);
+                    *v = Cow::Owned(owned);
+                }
+                v.to_mut().push_str(&piece)
+            }
         };
         loop {
             match self.event()? {

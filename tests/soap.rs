@@ -136,6 +136,50 @@ fn byte_order_mark_and_foreign_prefixes() {
     );
 }
 
+/// A namespace declared on an element holds until that element's end tag (or, for `<x/>`, only
+/// on that tag), and no further: a sibling after it is back in the enclosing namespace.
+#[test]
+fn namespace_scopes_end_with_their_element() {
+    let other =
+        |tag: &str| format!(r#"<{tag} xmlns="urn:other"><Id>04lxx000000CaSAAAK</Id></{tag}>"#);
+    let cases = [
+        // A default namespace redeclared on a sibling, then on an empty sibling, then an
+        // element with an attribute that declares nothing: the next <Notification> is still in
+        // the outbound namespace.
+        format!(
+            r#"{HEAD}{}<Extra xmlns="urn:other"/><Plain kind="x">y</Plain>{}"#,
+            other("Notification"),
+            notification("04lxx000000CaShAAK", "<sf:Name>Acme</sf:Name>")
+        ),
+        // The outbound namespace under another prefix on one <Notification>, which ends with it.
+        format!(
+            r#"{HEAD}<o:Notification xmlns:o="http://soap.sforce.com/2005/09/outbound"><o:Id>04lxx000000CaShAAK</o:Id><o:sObject xsi:type="sf:Account" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Name>Acme</sf:Name></o:sObject></o:Notification>{}"#,
+            other("Notification")
+        ),
+    ];
+    for inner in &cases {
+        check(
+            &envelope(inner),
+            &format!("{ONE_HEAD}\n04lxx000000CaShAAK Account Name=\"Acme\""),
+        );
+    }
+    // A field that declares the xsi prefix afresh: its xsi:nil is still recognized.
+    check(
+        &one(
+            r#"<sf:Phone xmlns:i="http://www.w3.org/2001/XMLSchema-instance" i:nil="true"/><sf:Name>Acme</sf:Name>"#,
+        ),
+        &format!("{ONE_HEAD}\n04lxx000000CaShAAK Account Name=\"Acme\""),
+    );
+    // The prefix declared on that field is gone at the next one: `i:nil` there is in no known
+    // namespace, so it is not xsi:nil, and the value is kept.
+    check(
+        &one(
+            r#"<sf:Phone xmlns:i="http://www.w3.org/2001/XMLSchema-instance" i:nil="true"/><sf:Name i:nil="true">Acme</sf:Name>"#,
+        ),
+        &format!("{ONE_HEAD}\n04lxx000000CaShAAK Account Name=\"Acme\""),
+    );
+}
+
 #[test]
 fn nil_and_omitted_fields_and_deleted_records() {
     check(
