@@ -63,11 +63,22 @@ impl NewNotification {
                 map.end()
             }
         }
+        // Room for the whole object up front (quotes, colon and comma: 6 bytes a field; escapes
+        // are rare), instead of serde_json's 128 bytes doubled twice for a usual record.
+        let room = 2 + fields
+            .iter()
+            .map(|(k, v)| k.as_ref().len() + v.as_ref().len() + 6)
+            .sum::<usize>();
+        let mut json = Vec::with_capacity(room);
+        // Serializing strings cannot fail, and serde_json writes only UTF-8.
+        let fields_json = match serde_json::to_writer(&mut json, &Fields(fields)) {
+            Ok(()) => String::from_utf8(json).unwrap_or_else(|_| "{}".into()),
+            Err(_) => "{}".into(),
+        };
         NewNotification {
             id: id.to_owned(),
             object_type: object_type.to_owned(),
-            // Serializing strings into a String cannot fail.
-            fields_json: serde_json::to_string(&Fields(fields)).unwrap_or_else(|_| "{}".into()),
+            fields_json,
         }
     }
 }
