@@ -232,20 +232,20 @@ fn write<'m>(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (org_id, notification_id) DO NOTHING",
         )?;
+        // A message's own columns are bound once for all its notifications (SQLite keeps a
+        // binding until it is replaced; each one is a copy), a notification's three per row.
+        insert.raw_bind_parameter(6, received_at)?;
         for m in messages {
             let mut outcome = Committed::default();
-            let fingerprint = m.certificate.to_hex();
+            insert.raw_bind_parameter(1, m.org.as_str())?;
+            insert.raw_bind_parameter(3, m.action_id.as_str())?;
+            insert.raw_bind_parameter(7, m.certificate.to_hex())?;
+            insert.raw_bind_parameter(8, m.peer.as_str())?;
             for n in &m.notifications {
-                let changed = insert.execute(params![
-                    m.org.as_str(),
-                    n.id,
-                    m.action_id,
-                    n.object_type,
-                    n.fields_json,
-                    received_at,
-                    fingerprint,
-                    m.peer,
-                ])?;
+                insert.raw_bind_parameter(2, n.id.as_str())?;
+                insert.raw_bind_parameter(4, n.object_type.as_str())?;
+                insert.raw_bind_parameter(5, n.fields_json.as_str())?;
+                let changed = insert.raw_execute()?;
                 if changed == 1 {
                     outcome.stored += 1;
                     if forward {
