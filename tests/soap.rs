@@ -151,7 +151,8 @@ fn namespace_scopes_end_with_their_element() {
             other("Notification"),
             notification("04lxx000000CaShAAK", "<sf:Name>Acme</sf:Name>")
         ),
-        // The outbound namespace under another prefix on one <Notification>, which ends with it.
+        // The outbound namespace under a prefix declared on the <Notification> tag itself: a
+        // declaration applies to the tag that makes it.
         format!(
             r#"{HEAD}<o:Notification xmlns:o="http://soap.sforce.com/2005/09/outbound"><o:Id>04lxx000000CaShAAK</o:Id><o:sObject xsi:type="sf:Account" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Name>Acme</sf:Name></o:sObject></o:Notification>{}"#,
             other("Notification")
