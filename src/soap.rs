@@ -322,9 +322,8 @@ struct Parser<'a> {
     /// field of a record has none, and skips the scope work `NsReader` does for each element.
     reader: Reader<&'a [u8]>,
     ns: NamespaceResolver,
-    depth: usize,
-    /// The open elements: local name (for truncation messages), and whether it opened a
-    /// namespace scope that its end tag closes.
+    /// The open elements, innermost last (its length is the depth): local name (for truncation
+    /// messages), and whether it opened a namespace scope that its end tag closes.
     stack: Vec<(Cow<'a, str>, bool)>,
 }
 
@@ -338,7 +337,6 @@ impl<'a> Parser<'a> {
             text,
             reader,
             ns: NamespaceResolver::default(),
-            depth: 0,
             stack: Vec::with_capacity(8),
         }
     }
@@ -376,10 +374,10 @@ impl<'a> Parser<'a> {
         } else {
             Ns::Unresolved
         };
-        let attributes = if scoped {
-            self.xsi_attributes(&start)
+        let (nil, xsi_type) = if scoped {
+            self.xsi_attributes(&start)?
         } else {
-            Ok((false, None))
+            (false, None)
         };
         let local = reborrow(self.text, start.local_name().into_inner());
         if empty {
@@ -388,13 +386,11 @@ impl<'a> Parser<'a> {
                 self.ns.pop();
             }
         } else {
-            self.depth += 1;
-            self.stack.push((local.clone(), scoped));
-            if self.depth > MAX_DEPTH {
+            if self.stack.len() == MAX_DEPTH {
                 return Err(SoapError::TooDeep);
             }
+            self.stack.push((local.clone(), scoped));
         }
-        let (nil, xsi_type) = attributes?;
         Ok(Open {
             ns,
             local,
@@ -466,14 +462,15 @@ impl<'a> Parser<'a> {
     }
 
     fn close(&mut self) -> Result<(), SoapError> {
-        if self.depth == 0 {
-            return Err(SoapError::StrayText("outside the SOAP envelope"));
+        match self.stack.pop() {
+            None => Err(SoapError::StrayText("outside the SOAP envelope")),
+            Some((_, scoped)) => {
+                if scoped {
+                    self.ns.pop();
+                }
+                Ok(())
+            }
         }
-        self.depth -= 1;
-        if let Some((_, true)) = self.stack.pop() {
-            self.ns.pop();
-        }
-        Ok(())
     }
 
     fn truncated(&self) -> SoapError {
@@ -537,8 +534,8 @@ impl<'a> Parser<'a> {
         if el.empty {
             return Ok(());
         }
-        let target = self.depth - 1;
-        while self.depth > target {
+        let target = self.stack.len() - 1;
+        while self.stack.len() > target {
             match self.event()? {
                 Event::Start(s) => {
                     self.open(s, false, false)?;

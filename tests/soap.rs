@@ -303,6 +303,23 @@ fn nesting_is_bounded() {
         deep.as_bytes(),
         "error[too_deep]: elements are nested deeper than 32 levels",
     );
+    // The boundary: Envelope and Header are levels 1 and 2, so 30 more reach 32 (allowed; the
+    // envelope is then refused for having no Body) and 31 more reach 33 (refused).
+    let nested = |n: usize| {
+        format!(
+            r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Header>{}{}</s:Header></s:Envelope>"#,
+            "<a>".repeat(n),
+            "</a>".repeat(n)
+        )
+    };
+    check(
+        nested(30).as_bytes(),
+        "error[unexpected_element]: expected a SOAP <Body>, found none",
+    );
+    check(
+        nested(31).as_bytes(),
+        "error[too_deep]: elements are nested deeper than 32 levels",
+    );
 }
 
 #[test]
