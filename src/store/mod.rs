@@ -71,10 +71,10 @@ impl NewNotification {
             .sum::<usize>();
         let mut json = Vec::with_capacity(room);
         // Serializing strings cannot fail, and serde_json writes only UTF-8.
-        let fields_json = match serde_json::to_writer(&mut json, &Fields(fields)) {
-            Ok(()) => String::from_utf8(json).unwrap_or_else(|_| "{}".into()),
-            Err(_) => "{}".into(),
-        };
+        let fields_json = serde_json::to_writer(&mut json, &Fields(fields))
+            .ok()
+            .and_then(|()| String::from_utf8(json).ok())
+            .unwrap_or_else(|| "{}".into());
         NewNotification {
             id: id.to_owned(),
             object_type: object_type.to_owned(),
