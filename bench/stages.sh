@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Where a scenario's CPU goes, stage by stage (see BENCHMARKS.md, "The (d) budget").
+# Where a scenario's CPU goes, stage by stage (BENCHMARKS.md, "The budget, stage by stage").
 #
 #   bench/stages.sh                  # scenario (d), two rounds
 #   ONLY=c ROUNDS=3 bench/stages.sh  # another scenario, more rounds
@@ -10,8 +10,8 @@
 #   xml-floor  and quick-xml's plain reader takes every event of it, and nothing else
 #   parse      and the real parse, org binding and the store's rows are made, but not stored
 #   full       the product as shipped: stored with group commit, then acknowledged
-# Each build then runs the scenario through bench/compare.sh (obm-gate only), the stages
-# alternating within each round. The table gives each stage's CPU per message, median over the
+# Each round then runs the scenario through bench/compare.sh (obm-gate only) on the four
+# builds, one after another. The table gives each stage's CPU per message, median over the
 # rounds, and what it adds to the stage before it. Nothing here is shipped: the patch exists
 # only in the throwaway worktree.
 set -euo pipefail
