@@ -7,6 +7,12 @@
 #   KEEP=1 bench/compare.sh          # leave both servers running afterwards (for perf), print W
 #   GATE=/tmp/obm-gate-old ONLY=d SERVERS=obm-gate bench/compare.sh   # another obm-gate build (A/B)
 #   ROUNDS=3 bench/compare.sh        # every scenario three times; the report gives medians
+#   ORGS=512 PREFILL=30 C_LEVELS=512 ONLY=c bench/compare.sh   # many orgs, a store already full
+#
+# ORGS=N registers N client certificates, one per org (one RSA key for all); loadgen's worker k
+# sends as org k mod N (oha and s_time use the first). PREFILL=S sends
+# S seconds of 100-notification messages from every org to obm-gate before the first run, so the
+# store starts with history in every org's part of the unique key; it is not recorded.
 #
 # Both servers get the same ECDSA P-256 server certificate and the same RSA-2048 client
 # certificate, and negotiate the same suite and key exchange. nginx: ssl_verify_client on, the
@@ -24,6 +30,10 @@ OUT=${OUT:-bench/results}
 NGINX_PORT=18443
 GATE_PORT=18444
 ORG=00Dxx0000001gPFEAY
+ORGS=${ORGS:-1}
+PODS=${PODS:-$ORGS}  # the Salesforce pods the orgs are on; by default each org has its own
+PREFILL=${PREFILL:-0}
+C_LEVELS=${C_LEVELS:-1 16 128}
 mkdir -p "$OUT"
 : > "$OUT/results.jsonl"
 
@@ -65,6 +75,19 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 30 -keyout "$W/client.key" -out 
   -addext basicConstraints=critical,CA:FALSE 2>/dev/null
 mkdir -p "$W/orgs/$ORG" "$W/nginx"
 cp "$W/client.pem" "$W/orgs/$ORG/bench.pem"
+# More orgs: the k-th gets its own certificate (same key) and an org ID with a valid suffix
+# (00Dxx, ten digits, then EAA: only the D is upper case).
+CLIENTS=(--pods "$PODS" --cert "$W/client.pem" --org "$ORG")
+cp "$W/client.pem" "$W/clients.pem"
+for k in $(seq 2 "$ORGS"); do
+  org=$(printf '00Dxx%010dEAA' "$k")
+  mkdir -p "$W/orgs/$org"
+  openssl req -x509 -new -key "$W/client.key" -days 30 -out "$W/orgs/$org/bench.pem" \
+    -subj "/CN=bench client $k/O=obm-gate bench" -addext extendedKeyUsage=clientAuth \
+    -addext basicConstraints=critical,CA:FALSE 2>/dev/null
+  cat "$W/orgs/$org/bench.pem" >> "$W/clients.pem"
+  CLIENTS+=(--cert "$W/orgs/$org/bench.pem" --org "$org")
+done
 
 for p in $NGINX_PORT $GATE_PORT 19090; do
   if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
@@ -100,7 +123,7 @@ http {
     ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305;
     ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;
     ssl_verify_client on;
-    ssl_client_certificate $W/client.pem;
+    ssl_client_certificate $W/clients.pem;
     ssl_session_cache shared:SSL:20m;
     location = /obm {
       default_type "text/xml; charset=utf-8";
@@ -133,19 +156,23 @@ pids() { # the server's processes
   fi
 }
 ticks() { local t=0; for p in $(pids "$1"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+# Bytes the server's processes handed to write(2) and kin, files and sockets alike.
+wchar() { local w=0; for p in $(pids "$1"); do w=$((w + $(awk '/^wchar/ {print $2}' "/proc/$p/io"))); done; echo $w; }
 rss_kb() { local r=0; for p in $(pids "$1"); do r=$((r + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $r; }
 port() { [ "$1" = nginx ] && echo $NGINX_PORT || echo $GATE_PORT; }
 HZ=$(getconf CLK_TCK)
 
-# record SCENARIO SERVER CLIENT JSON_FROM_CLIENT CPU_TICKS
+# record SCENARIO SERVER CLIENT JSON_FROM_CLIENT CPU_TICKS [BYTES_WRITTEN]
 record() {
-  python3 - "$@" "$HZ" "$(rss_kb "$2")" "$ROUND" >> "$OUT/results.jsonl" <<'PY'
+  python3 - "$1" "$2" "$3" "$4" "$5" "${6:-0}" "$HZ" "$(rss_kb "$2")" "$ROUND" >> "$OUT/results.jsonl" <<'PY'
 import json, sys
-scenario, server, client, raw, ticks, hz, rss, rnd = sys.argv[1:9]
+scenario, server, client, raw, ticks, wrote, hz, rss, rnd = sys.argv[1:10]
 r = json.loads(raw)
 r.update(scenario=scenario, server=server, client=client, round=int(rnd), cpu_seconds=int(ticks) / int(hz), rss_kb=int(rss))
 n = r.get("requests") or 0
 r["cpu_ms_per_msg"] = r["cpu_seconds"] * 1000 / n if n else None
+# What the server wrote (store files and sockets) per message, in KB.
+r["written_kb_per_msg"] = int(wrote) / 1000 / n if n and int(wrote) else None
 print(json.dumps(r))
 PY
   tail -n 1 "$OUT/results.jsonl"
@@ -153,10 +180,11 @@ PY
 
 loadgen() { # SCENARIO SERVER ARGS...
   local scenario=$1 server=$2; shift 2
-  local t0 json; t0=$(ticks "$server")
-  json=$("$LOADGEN" --addr 127.0.0.1:"$(port "$server")" --cert "$W/client.pem" --key "$W/client.key" \
-    --ca "$W/server.pem" --org "$ORG" --duration "$DUR" "$@" | tail -n 1)
-  record "$scenario" "$server" loadgen "$json" $(( $(ticks "$server") - t0 ))
+  local t0 w0 json; t0=$(ticks "$server"); w0=$(wchar "$server")
+  json=$("$LOADGEN" --addr 127.0.0.1:"$(port "$server")" "${CLIENTS[@]}" --key "$W/client.key" \
+    --ca "$W/server.pem" --duration "$DUR" "$@" | tail -n 1)
+  record "$scenario" "$server" loadgen "$json" $(( $(ticks "$server") - t0 )) \
+    $(( $(wchar "$server") - w0 ))
 }
 
 oha_run() { # SCENARIO SERVER CONCURRENCY
@@ -205,7 +233,7 @@ want() { [[ " $ONLY " == *" $1 "* ]]; }
 runs() { # the runs ONLY asks for, in order
   want a && echo a
   want b && echo b
-  want c && echo c1 c16 c128
+  want c && for c in $C_LEVELS; do echo "c$c"; done
   want d && echo d
   true
 }
@@ -221,6 +249,12 @@ run() { # RUN SERVER
     d) loadgen d "$server" --mode keepalive --concurrency 16 --notifications 100 ;;
   esac
 }
+if ((PREFILL > 0)) && [[ " $SERVERS " == *" obm-gate "* ]]; then
+  echo "== prefill: $PREFILL s of 100-notification messages from $ORGS orgs to obm-gate"
+  "$LOADGEN" --addr 127.0.0.1:$GATE_PORT "${CLIENTS[@]}" --key "$W/client.key" --ca "$W/server.pem" \
+    --mode keepalive --concurrency $((ORGS > 16 ? ORGS : 16)) --notifications 100 --duration "$PREFILL" | tail -n 1
+  du -sh "$W/data"
+fi
 ROUND=1
 for ROUND in $(seq "$ROUNDS"); do
   order=$SERVERS
@@ -236,8 +270,8 @@ for server in $SERVERS; do
   want e || continue
   # (e) 10,000 idle connections: RSS with them held, minus RSS before.
   before=$(rss_kb "$server")
-  "$LOADGEN" --addr 127.0.0.1:"$(port "$server")" --cert "$W/client.pem" --key "$W/client.key" \
-    --ca "$W/server.pem" --org "$ORG" --mode idle --concurrency 10000 --duration 600 \
+  "$LOADGEN" --addr 127.0.0.1:"$(port "$server")" "${CLIENTS[@]}" --key "$W/client.key" \
+    --ca "$W/server.pem" --mode idle --concurrency 10000 --duration 600 \
     > "$W/idle.out" 2>&1 &
   idle=$!
   for _ in $(seq 600); do grep -q holding "$W/idle.out" && break; sleep 0.2; done

@@ -8,6 +8,11 @@
 //! Modes: `keepalive` (one connection per worker), `new` (a full handshake per message),
 //! `resume` (a new connection per message, resuming the TLS session), `idle` (open
 //! `--concurrency` connections, send one message on each, hold them `--duration` seconds).
+//!
+//! Many orgs: give `--cert` and `--org` once per org, in pairs (all certificates share `--key`).
+//! Worker (or idle connection) k sends as pair k modulo the number of pairs. Salesforce numbers
+//! the IDs of one pod (instance) from one sequence, whatever the org: `--pods P` puts org k on
+//! pod k mod P, and a notification ID is `04l`, the pod (three digits), then the sequence.
 //! Prints one JSON object: requests, errors, seconds, rate, p50/p99 latency in ms.
 
 use std::sync::Arc;
@@ -28,8 +33,9 @@ struct Args {
     addr: String,
     #[arg(long, default_value = "/obm")]
     path: String,
-    #[arg(long)]
-    cert: String,
+    /// A client certificate (PEM); repeat it, with `--org`, for more orgs.
+    #[arg(long, required = true)]
+    cert: Vec<String>,
     #[arg(long)]
     key: String,
     #[arg(long)]
@@ -44,12 +50,16 @@ struct Args {
     duration: f64,
     #[arg(long, default_value_t = 1)]
     notifications: usize,
+    /// The org the k-th `--cert` is registered to.
     #[arg(long, default_value = "00Dxx0000001gPFEAY")]
-    org: String,
+    org: Vec<String>,
+    /// How many pods the orgs are spread over (see the module comment).
+    #[arg(long, default_value_t = 1)]
+    pods: usize,
 }
 
 /// An Outbound Message with `n` Contact notifications of about 600 bytes each.
-fn body(org: &str, first_id: u64, n: usize) -> Bytes {
+fn body(org: &str, pod: usize, first_id: u64, n: usize) -> Bytes {
     let mut s = String::with_capacity(800 + n * 640);
     s.push_str(r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>"#);
     s.push_str(org);
@@ -57,19 +67,19 @@ fn body(org: &str, first_id: u64, n: usize) -> Bytes {
     for k in 0..n as u64 {
         let id = first_id + k;
         s.push_str(&format!(
-            r#"<Notification><Id>04l{id:015}</Id><sObject xsi:type="sf:Contact" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>003xx{id:013}</sf:Id><sf:AccountId>001xx000003DGb2AAG</sf:AccountId><sf:Email>contact{id}@example.com</sf:Email><sf:FirstName>Jane</sf:FirstName><sf:LastName>Black &amp; White</sf:LastName><sf:MailingCity>San Francisco</sf:MailingCity><sf:MailingStreet>415 Mission Street</sf:MailingStreet><sf:Phone>+1 415 555 0100</sf:Phone><sf:Title>Director of Integrations</sf:Title></sObject></Notification>"#
+            r#"<Notification><Id>04l{pod:03}{id:012}</Id><sObject xsi:type="sf:Contact" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>003xx{id:013}</sf:Id><sf:AccountId>001xx000003DGb2AAG</sf:AccountId><sf:Email>contact{id}@example.com</sf:Email><sf:FirstName>Jane</sf:FirstName><sf:LastName>Black &amp; White</sf:LastName><sf:MailingCity>San Francisco</sf:MailingCity><sf:MailingStreet>415 Mission Street</sf:MailingStreet><sf:Phone>+1 415 555 0100</sf:Phone><sf:Title>Director of Integrations</sf:Title></sObject></Notification>"#
         ));
     }
     s.push_str("</notifications></soapenv:Body></soapenv:Envelope>");
     Bytes::from(s)
 }
 
-fn tls_config(args: &Args, resume: bool) -> Arc<rustls::ClientConfig> {
+fn tls_config(args: &Args, cert: &str, resume: bool) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(&args.ca).expect("--ca") {
         roots.add(c.expect("--ca")).expect("--ca");
     }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&args.cert)
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .expect("--cert")
         .map(|c| c.expect("--cert"))
         .collect();
@@ -141,13 +151,27 @@ async fn post(args: &Args, sender: &mut Sender, body: Bytes) -> Result<(), Strin
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let tls = tls_config(&args, args.mode != "new");
-    // IDs unique across runs: the clock, in units of a million IDs per run-microsecond window.
+    assert_eq!(
+        args.cert.len(),
+        args.org.len(),
+        "give --cert and --org in pairs, once per org"
+    );
+    // One client (configuration and session cache) per org, as each org's Salesforce is one.
+    assert!((1..=1000).contains(&args.pods), "--pods is 1 to 1000");
+    let clients: Vec<(String, usize, Arc<rustls::ClientConfig>)> =
+        (args.cert.iter().zip(&args.org).enumerate())
+            .map(|(k, (cert, org))| {
+                let tls = tls_config(&args, cert, args.mode != "new");
+                (org.clone(), k % args.pods, tls)
+            })
+            .collect();
+    // IDs unique across runs: the clock's microseconds (mod 10,000), each with room for 100
+    // million IDs, so that they fit the ID's 12 digits.
     let base = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64
-        % 10_000_000
+        % 10_000
         * 100_000_000;
     let next_id = Arc::new(AtomicU64::new(base));
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
@@ -155,10 +179,10 @@ async fn main() {
     let errors = Arc::new(AtomicU64::new(0));
     if args.mode == "idle" {
         let mut held = Vec::with_capacity(args.concurrency);
-        let fixed = body(&args.org, base, 1);
-        for _ in 0..args.concurrency {
-            match connect(&args, &tls).await {
-                Ok(mut s) => match post(&args, &mut s, fixed.clone()).await {
+        for k in 0..args.concurrency {
+            let (org, pod, tls) = &clients[k % clients.len()];
+            match connect(&args, tls).await {
+                Ok(mut s) => match post(&args, &mut s, body(org, *pod, base, 1)).await {
                     Ok(()) => held.push(s),
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
@@ -179,15 +203,15 @@ async fn main() {
         return;
     }
     let mut workers = Vec::new();
-    for _ in 0..args.concurrency {
-        let (args, tls, next_id, errors) =
-            (args.clone(), tls.clone(), next_id.clone(), errors.clone());
+    for k in 0..args.concurrency {
+        let (org, pod, tls) = clients[k % clients.len()].clone();
+        let (args, next_id, errors) = (args.clone(), next_id.clone(), errors.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies: Vec<u32> = Vec::new();
             let mut sender: Option<Sender> = None;
             while Instant::now() < deadline {
                 let first = next_id.fetch_add(args.notifications as u64, Ordering::Relaxed);
-                let b = body(&args.org, first, args.notifications);
+                let b = body(&org, pod, first, args.notifications);
                 let t = Instant::now();
                 if sender.is_none() || args.mode != "keepalive" {
                     match connect(&args, &tls).await {
@@ -238,6 +262,6 @@ async fn main() {
         all.len() as f64 / secs,
         pct(0.50),
         pct(0.99),
-        body(&args.org, base, args.notifications).len()
+        body(&clients[0].0, 0, base, args.notifications).len()
     );
 }
