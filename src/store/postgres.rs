@@ -2,7 +2,7 @@
 //!
 //! One writer task per receiver does group commit: each transaction takes every message queued
 //! meanwhile, inserting each message's notifications with one `INSERT … SELECT FROM UNNEST`.
-//! The unique key (org, notification ID) deduplicates across receivers. When the database is
+//! The unique key (notification ID, org) deduplicates across receivers. When the database is
 //! unreachable, commits fail with 503 (nothing is acknowledged) and the writer reconnects on the
 //! next message; no restart is needed. Migrations run at start under an advisory lock, so
 //! receivers starting together do not race.
@@ -57,6 +57,15 @@ const MIGRATIONS: &[&str] = &[
         last_error      TEXT
     );
     CREATE INDEX obm_forward_state_org ON obm_forward (state, org_id, seq);
+    "#,
+    // The unique key leads with the notification ID, as in the SQLite store (see its
+    // migration 5): new IDs arrive near one end of the key per Salesforce pod, not per org, and
+    // a lookup by notification ID alone can use it.
+    r#"
+    ALTER TABLE obm_notifications
+        DROP CONSTRAINT obm_notifications_org_id_notification_id_key,
+        ADD CONSTRAINT obm_notifications_notification_id_org_id_key
+            UNIQUE (notification_id, org_id);
     "#,
 ];
 
@@ -256,7 +265,7 @@ async fn write(
                                                 fields, received_at, certificate_sha256, peer_addr)
                  SELECT $1, n.id, $2, n.object_type, n.fields, $3, $4, $5
                  FROM UNNEST($6::text[], $7::text[], $8::text[]) AS n(id, object_type, fields)
-                 ON CONFLICT (org_id, notification_id) DO NOTHING
+                 ON CONFLICT (notification_id, org_id) DO NOTHING
                  RETURNING seq, org_id
              ), queued AS (
                  INSERT INTO obm_forward (seq, org_id, state, attempts, next_attempt_ms, queued_ms)

@@ -18,7 +18,6 @@ use super::{
     Batch, Committed, Control, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage,
     Outgoing, Requeue, StoreError, StoredNotification, WriterContext, now_ms, now_rfc3339,
 };
-use crate::ids::OrgId;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -61,6 +60,35 @@ const MIGRATIONS: &[&str] = &[
     -- (`cargo bench --bench store`, store_wide).
     DROP INDEX IF EXISTS notifications_received;
 "#,
+    // The unique key leads with the notification ID, not the org. Salesforce numbers the IDs of
+    // one pod from one sequence, whatever the org, so new IDs arrive near one end of the key
+    // per pod. Led by the org, the key took inserts at one end per org: with hundreds of orgs,
+    // each message of a group commit dirtied its own 16 KiB index page, written to the WAL and
+    // again to the file (BENCHMARKS.md, "Many orgs"). A lookup by org alone (`messages list
+    // --org`) now reads the table in seq order, as `--since` does; a lookup by notification ID
+    // seeks the key, with or without the org. SQLite cannot change a table's constraint in
+    // place: the table is rebuilt, by its documentation's procedure for schema changes, in seq
+    // order so that every row keeps its seq.
+    r#"
+    CREATE TABLE notifications_rekeyed (
+        seq                INTEGER PRIMARY KEY,
+        org_id             TEXT NOT NULL,
+        notification_id    TEXT NOT NULL,
+        action_id          TEXT NOT NULL,
+        object_type        TEXT NOT NULL,
+        fields             TEXT NOT NULL,   -- JSON object, fields in document order
+        received_at        TEXT NOT NULL,   -- RFC 3339, UTC, milliseconds
+        certificate_sha256 TEXT NOT NULL,
+        peer_addr          TEXT NOT NULL,
+        UNIQUE (notification_id, org_id)
+    );
+    INSERT INTO notifications_rekeyed
+        SELECT seq, org_id, notification_id, action_id, object_type, fields, received_at,
+               certificate_sha256, peer_addr
+        FROM notifications ORDER BY seq;
+    DROP TABLE notifications;
+    ALTER TABLE notifications_rekeyed RENAME TO notifications;
+"#,
 ];
 
 /// The page size of a new store. Every committed page is written twice (to the WAL, then by the
@@ -75,9 +103,10 @@ const PAGE_SIZE: i64 = 16 * 1024;
 /// whatever page size the file has. At 16 KiB pages the default page count made each checkpoint,
 /// and the commit that runs it, 4× longer.
 const WAL_CHECKPOINT_BYTES: i64 = 4 * 1000 * 1024;
-/// The writer's page cache (SQLite's default is 2 MiB, 128 pages at 16 KiB). The unique (org,
-/// notification ID) index takes inserts at one tail per org; 512 pages leave room for hundreds
-/// of orgs' tails at the bigger page size. Sized by that reasoning, not measured with many orgs.
+/// The writer's page cache (SQLite's default is 2 MiB, 128 pages at 16 KiB). Chosen when the
+/// unique key took inserts at one tail per org, to hold hundreds of orgs' tails. Measured since
+/// with 512 orgs and a 3.8 GB store, under that key: 2, 8 and 32 MiB gave the same rate and CPU
+/// per message (BENCHMARKS.md, "Many orgs"); what cost was the pages each commit wrote.
 const CACHE_BYTES: i64 = 8 * 1024 * 1024;
 
 /// Opens (creating if needed) the SQLite file, migrates the schema and starts the writer thread,
@@ -127,14 +156,47 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+    let pending = MIGRATIONS.iter().enumerate().skip(version.max(0) as usize);
+    if pending.len() == 0 {
+        return Ok(());
+    }
+    // Rebuilding `notifications` drops the table the queue's foreign key names; SQLite's
+    // procedure turns the checks off for it (only outside a transaction) and checks after.
+    let foreign_keys: bool = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+    conn.pragma_update(None, "foreign_keys", false)?;
+    for (i, sql) in pending {
+        if i == REKEY_MIGRATION {
+            let rows: i64 =
+                conn.query_row("SELECT count(*) FROM notifications", [], |r| r.get(0))?;
+            if rows > 0 {
+                // 2 million notifications (1 GB): 8.4 s, and the file grew to 2 GB; the old
+                // table's pages stay in the file for new rows.
+                tracing::info!(
+                    rows,
+                    "rebuilding the store's unique key, once: about 4 s per million \
+                     notifications, and free disk space of twice the store's size"
+                );
+            }
+        }
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        let broken: Option<String> = tx
+            .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+            .optional()?;
+        if let Some(table) = broken {
+            return Err(rusqlite::Error::InvalidParameterName(format!(
+                "migration {} left rows in {table} that reference no notification",
+                i + 1
+            )));
+        }
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
         tx.commit()?;
     }
-    Ok(())
+    conn.pragma_update(None, "foreign_keys", foreign_keys)
 }
+
+/// The index in MIGRATIONS of the migration that rebuilds `notifications` with its new key.
+const REKEY_MIGRATION: usize = 4;
 
 struct Writer {
     conn: Connection,
@@ -230,7 +292,7 @@ fn write<'m>(
             "INSERT INTO notifications (org_id, notification_id, action_id, object_type, fields,
                                         received_at, certificate_sha256, peer_addr)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (org_id, notification_id) DO NOTHING",
+             ON CONFLICT (notification_id, org_id) DO NOTHING",
         )?;
         // A message's own columns are bound once for all its notifications (SQLite keeps a
         // binding until it is replaced; each one is a copy), a notification's three per row.
@@ -360,9 +422,9 @@ fn named<'v>(values: &'v [(&'static str, Value)]) -> Vec<(&'static str, &'v dyn 
 /// The UPDATE behind `requeue`, with a condition for each filter that is set, and the value of
 /// every parameter it names (each condition is added with its value, so they cannot disagree).
 ///
-/// With a notification ID, the rows to update come from the (org_id, notification_id) key, as in
-/// [`list_query`], and the queue is reached by its primary key. The unary `+` keeps SQLite from
-/// walking the `(state, org_id)` index instead, which holds every dead-lettered row.
+/// With a notification ID, the rows to update come from the unique (notification_id, org_id)
+/// key, as in [`list_query`], and the queue is reached by its primary key. The unary `+` keeps
+/// SQLite from walking the `(state, org_id)` index instead, which holds every dead-lettered row.
 fn requeue_query(which: &Requeue) -> (String, Vec<(&'static str, Value)>) {
     let mut values = vec![
         (":now", Value::Integer(now_ms())),
@@ -379,8 +441,12 @@ fn requeue_query(which: &Requeue) -> (String, Vec<(&'static str, Value)>) {
         (Some(_), None) => "state = :state AND org_id = :org".to_owned(),
         (org, Some(_)) => format!(
             "+state = :state AND seq IN (SELECT seq FROM notifications
-                                   WHERE org_id {} AND notification_id = :id)",
-            keyed_orgs(org.as_ref())
+                                   WHERE notification_id = :id{})",
+            if org.is_some() {
+                " AND org_id = :org"
+            } else {
+                ""
+            }
         ),
     };
     let sql = format!(
@@ -454,36 +520,14 @@ pub fn list(path: &Path, filter: &Filter) -> Result<Vec<StoredNotification>, Sto
     rows.collect::<Result<Vec<_>, _>>().map_err(read_err)
 }
 
-/// Every org that has notifications, for an `IN`: one seek per org in the (org_id,
-/// notification_id) key, not a read of every row. This is SQLite's documented emulation of a
-/// loose index scan ("skip-scan") with a recursive CTE; with hundreds of orgs it is hundreds of
-/// seeks. A lookup by notification ID alone goes through it, since the key starts with the org.
-const ORGS: &str = "(
-    WITH RECURSIVE orgs(org) AS (
-        SELECT MIN(org_id) FROM notifications
-        UNION ALL
-        SELECT (SELECT MIN(org_id) FROM notifications WHERE org_id > org)
-        FROM orgs WHERE org IS NOT NULL
-    )
-    SELECT org FROM orgs WHERE org IS NOT NULL
-)";
-
-/// The orgs a lookup seeks in the (org_id, notification_id) key, as the right side of
-/// `org_id …`: the given org or, for a notification ID without its org, every org that has
-/// notifications ([`ORGS`]). `list` and `requeue` share it, so both reach rows the same way.
-fn keyed_orgs(org: Option<&OrgId>) -> String {
-    match org {
-        Some(_) => "= :org".to_owned(),
-        None => format!("IN {ORGS}"),
-    }
-}
-
 /// The SELECT behind `list`, with a condition for each filter that is set and none for the rest,
 /// and the value of every parameter it names (each condition is added with its value).
 ///
-/// A catch-all `(?1 IS NULL OR org_id = ?1)` would keep one statement, but SQLite plans it before
-/// the values are known, so it could never use the (org_id, notification_id) key and scanned the
-/// whole table: 0.2–1.4 s for `messages show` on 2 million notifications.
+/// A catch-all `(?1 IS NULL OR notification_id = ?1)` would keep one statement, but SQLite plans
+/// it before the values are known, so it could never use the (notification_id, org_id) key and
+/// scanned the whole table: 0.2–1.4 s for `messages show` on 2 million notifications. Without a
+/// notification ID nothing narrows the key (it leads with the ID; see migration 5), so a lookup
+/// by org reads the table in seq order.
 fn list_query(filter: &Filter, forward_table: &str) -> (String, Vec<(&'static str, Value)>) {
     let mut conditions = Vec::new();
     let limit = filter.limit.map_or(-1, |l| l as i64);
@@ -491,9 +535,8 @@ fn list_query(filter: &Filter, forward_table: &str) -> (String, Vec<(&'static st
     if let Some(org) = &filter.org {
         values.push((":org", Value::Text(org.as_str().to_owned())));
     }
-    // An org narrows the key; an ID without its org is looked up under each org.
-    if filter.org.is_some() || filter.notification_id.is_some() {
-        conditions.push(format!("n.org_id {}", keyed_orgs(filter.org.as_ref())));
+    if filter.org.is_some() {
+        conditions.push("n.org_id = :org".to_owned());
     }
     if let Some(id) = &filter.notification_id {
         conditions.push("n.notification_id = :id".to_owned());
@@ -526,6 +569,7 @@ fn list_query(filter: &Filter, forward_table: &str) -> (String, Vec<(&'static st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::OrgId;
 
     fn names(conn: &Connection, kind: &str) -> Vec<String> {
         let mut stmt = conn
@@ -550,7 +594,31 @@ mod tests {
                       VALUES ('00Dxx0000001gPFEAY', '04l000000000000001', 'a', 'Contact', '{}',
                               '2026-11-23T10:00:00.000Z', 'ab', '127.0.0.1:1')";
         conn.execute(insert, []).unwrap();
+        // A second row, queued for the webhook: the queue's row must still find it after the
+        // table is rebuilt.
+        conn.execute(&insert.replace("000001'", "000002'"), [])
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO forward (seq, org_id, state, attempts, next_attempt_ms, queued_ms)
+             VALUES (2, '00Dxx0000001gPFEAY', 'dead', 5, 0, 0)",
+        )
+        .unwrap();
         assert!(names(&conn, "index").contains(&"notifications_received".to_owned()));
+        let key_columns = |conn: &Connection| -> Vec<String> {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT i.name FROM sqlite_master m, pragma_index_info(m.name) i
+                     WHERE m.tbl_name = 'notifications' AND m.name LIKE 'sqlite_autoindex%'
+                     ORDER BY i.seqno",
+                )
+                .unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(key_columns(&conn), ["org_id", "notification_id"]);
+        assert!(MIGRATIONS[REKEY_MIGRATION].contains("notifications_rekeyed"));
 
         migrate(&mut conn).unwrap();
 
@@ -566,13 +634,39 @@ mod tests {
         let count: i64 = conn
             .query_row("SELECT count(*) FROM notifications", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(count, 1);
-        // Deduplication still holds: the unique (org, notification ID) key is untouched.
+        assert_eq!(count, 2);
+        // The key now leads with the notification ID, and deduplication still holds.
+        assert_eq!(key_columns(&conn), ["notification_id", "org_id"]);
         assert!(conn.execute(insert, []).is_err());
-        // A fresh store ends up with the same indexes.
+        // Every row kept its seq, and the queue's row its notification.
+        let queued: (i64, String) = conn
+            .query_row(
+                "SELECT n.seq, n.notification_id FROM forward f JOIN notifications n
+                 ON n.seq = f.seq",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(queued, (2, "04l000000000000002".to_owned()));
+        // The foreign key checks are back on for the writer, and the queue's key still names
+        // the table.
+        let on: bool = conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert!(on);
+        assert!(
+            conn.execute_batch(
+                "INSERT INTO forward (seq, org_id, state, attempts, next_attempt_ms, queued_ms)
+                 VALUES (99, '00Dxx0000001gPFEAY', 'dead', 5, 0, 0)"
+            )
+            .is_err()
+        );
+        // A fresh store ends up with the same schema.
         let mut fresh = Connection::open(dir.path().join("new.db")).unwrap();
         migrate(&mut fresh).unwrap();
         assert_eq!(names(&fresh, "index"), indexes);
+        assert_eq!(names(&fresh, "table"), names(&conn, "table"));
+        assert_eq!(key_columns(&fresh), ["notification_id", "org_id"]);
     }
 
     #[test]
@@ -648,7 +742,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lookup_by_org_or_notification_id_seeks_the_unique_key_instead_of_scanning() {
+    fn a_lookup_by_notification_id_seeks_the_unique_key_and_one_by_org_alone_reads_in_order() {
         // The same notification ID under two orgs (IDs are unique per org only), and a third org.
         let (_dir, path, conn) = store_with(&[
             ("00Dxx0000001gPFEAY", "04l000000000000001"),
@@ -665,6 +759,7 @@ mod tests {
                     notification_id: id("04l000000000000001"),
                     ..Filter::default()
                 },
+                true,
                 vec![("00Dxx0000002gPFEAY", "04l000000000000001")],
             ),
             (
@@ -672,6 +767,7 @@ mod tests {
                     notification_id: id("04l000000000000001"),
                     ..Filter::default()
                 },
+                true,
                 vec![
                     ("00Dxx0000001gPFEAY", "04l000000000000001"),
                     ("00Dxx0000002gPFEAY", "04l000000000000001"),
@@ -682,6 +778,7 @@ mod tests {
                     org: org("00Dxx0000001gPFEAY"),
                     ..Filter::default()
                 },
+                false,
                 vec![
                     ("00Dxx0000001gPFEAY", "04l000000000000001"),
                     ("00Dxx0000001gPFEAY", "04l000000000000002"),
@@ -692,16 +789,25 @@ mod tests {
                     notification_id: id("04l000000000000009"),
                     ..Filter::default()
                 },
+                true,
                 vec![],
             ),
         ];
-        for (filter, want) in cases {
+        for (filter, seeks, want) in cases {
             let steps = plan(&conn, &list_query(&filter, "forward").0);
-            assert!(
-                steps.contains("SEARCH n USING INDEX sqlite_autoindex_notifications_1 (org_id=?"),
-                "{filter:?} does not seek the (org, notification ID) key:\n{steps}"
-            );
-            assert!(!steps.contains("SCAN n"), "{filter:?} scans:\n{steps}");
+            if seeks {
+                assert!(
+                    steps.contains(
+                        "SEARCH n USING INDEX sqlite_autoindex_notifications_1 (notification_id=?"
+                    ),
+                    "{filter:?} does not seek the (notification ID, org) key:\n{steps}"
+                );
+                assert!(!steps.contains("SCAN n"), "{filter:?} scans:\n{steps}");
+            } else {
+                // By org alone: the table in seq order, no sort (the answer is oldest first).
+                assert!(steps.contains("SCAN n"), "{filter:?}:\n{steps}");
+                assert!(!steps.contains("TEMP B-TREE"), "{filter:?} sorts:\n{steps}");
+            }
             let got: Vec<(String, String)> = list(&path, &filter)
                 .unwrap()
                 .into_iter()
@@ -750,8 +856,10 @@ mod tests {
         for which in [by_id(None), by_id(Some("00Dxx0000002gPFEAY"))] {
             let steps = plan(&conn, &requeue_query(&which).0);
             assert!(
-                steps.contains("USING COVERING INDEX sqlite_autoindex_notifications_1 (org_id=?"),
-                "{which:?} does not seek the (org, notification ID) key:\n{steps}"
+                steps.contains(
+                    "USING COVERING INDEX sqlite_autoindex_notifications_1 (notification_id=?"
+                ),
+                "{which:?} does not seek the (notification ID, org) key:\n{steps}"
             );
             assert!(
                 steps.contains("SEARCH forward USING INTEGER PRIMARY KEY"),
