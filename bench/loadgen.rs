@@ -12,7 +12,8 @@
 //! Many orgs: give `--cert` and `--org` once per org, in pairs (all certificates share `--key`).
 //! Worker (or idle connection) k sends as pair k modulo the number of pairs. Salesforce numbers
 //! the IDs of one pod (instance) from one sequence, whatever the org: `--pods P` puts org k on
-//! pod k mod P, and a notification ID is `04l`, the pod (three digits), then the sequence.
+//! pod k mod P, and a notification ID is `04l`, the pod (three digits), then the sequence (twelve
+//! base-62 digits).
 //! Prints one JSON object: requests, errors, seconds, rate, p50/p99 latency in ms.
 
 use std::sync::Arc;
@@ -67,11 +68,24 @@ fn body(org: &str, pod: usize, first_id: u64, n: usize) -> Bytes {
     for k in 0..n as u64 {
         let id = first_id + k;
         s.push_str(&format!(
-            r#"<Notification><Id>04l{pod:03}{id:012}</Id><sObject xsi:type="sf:Contact" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>003xx{id:013}</sf:Id><sf:AccountId>001xx000003DGb2AAG</sf:AccountId><sf:Email>contact{id}@example.com</sf:Email><sf:FirstName>Jane</sf:FirstName><sf:LastName>Black &amp; White</sf:LastName><sf:MailingCity>San Francisco</sf:MailingCity><sf:MailingStreet>415 Mission Street</sf:MailingStreet><sf:Phone>+1 415 555 0100</sf:Phone><sf:Title>Director of Integrations</sf:Title></sObject></Notification>"#
+            r#"<Notification><Id>04l{pod:03}{}</Id><sObject xsi:type="sf:Contact" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>003xx{id:013}</sf:Id><sf:AccountId>001xx000003DGb2AAG</sf:AccountId><sf:Email>contact{id}@example.com</sf:Email><sf:FirstName>Jane</sf:FirstName><sf:LastName>Black &amp; White</sf:LastName><sf:MailingCity>San Francisco</sf:MailingCity><sf:MailingStreet>415 Mission Street</sf:MailingStreet><sf:Phone>+1 415 555 0100</sf:Phone><sf:Title>Director of Integrations</sf:Title></sObject></Notification>"#,
+            base62(id)
         ));
     }
     s.push_str("</notifications></soapenv:Body></soapenv:Envelope>");
     Bytes::from(s)
+}
+
+/// `n` in twelve base-62 digits, as Salesforce writes an ID's sequence: `0-9A-Za-z`, so that a
+/// larger number sorts after a smaller one byte by byte.
+fn base62(mut n: u64) -> String {
+    const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = [b'0'; 12];
+    for d in out.iter_mut().rev() {
+        *d = DIGITS[(n % 62) as usize];
+        n /= 62;
+    }
+    String::from_utf8(out.to_vec()).expect("ASCII digits")
 }
 
 fn tls_config(args: &Args, cert: &str, resume: bool) -> Arc<rustls::ClientConfig> {
@@ -165,13 +179,12 @@ async fn main() {
                 (org.clone(), k % args.pods, tls)
             })
             .collect();
-    // IDs unique across runs: the clock's microseconds (mod 10,000), each with room for 100
-    // million IDs, so that they fit the ID's 12 digits.
+    // IDs unique across runs: the clock, in units of a million IDs per run-microsecond window.
     let base = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64
-        % 10_000
+        % 10_000_000
         * 100_000_000;
     let next_id = Arc::new(AtomicU64::new(base));
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
