@@ -496,3 +496,106 @@ pub async fn list(url: &str, filter: &Filter) -> Result<Vec<StoredNotification>,
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A schema of its own on the test server (`.ci/run` starts PostgreSQL on 127.0.0.1:5432).
+    async fn schema(name: &str) -> Client {
+        let admin = connect("postgres://root@127.0.0.1:5432/test")
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (.ci/run starts it)");
+        admin
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
+            ))
+            .await
+            .unwrap();
+        connect(&format!(
+            "postgres://root@127.0.0.1:5432/test?options=-c%20search_path%3D{name}"
+        ))
+        .await
+        .unwrap()
+    }
+
+    /// The unique key's columns, in order.
+    async fn key_columns(client: &Client) -> Vec<String> {
+        client
+            .query(
+                "SELECT a.attname FROM pg_constraint c
+                 CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, n)
+                 JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+                 WHERE c.conrelid = 'obm_notifications'::regclass AND c.contype = 'u'
+                 ORDER BY k.n",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_schema_from_before_the_rekey_migrates_and_keeps_its_rows_and_queue() {
+        let name = format!("obm_u_{}", std::process::id());
+        let mut client = schema(&name).await;
+        // What a receiver before migration 4 left: three migrations, two orgs' rows, one queued.
+        for sql in &MIGRATIONS[..3] {
+            client.batch_execute(sql).await.unwrap();
+        }
+        client
+            .batch_execute(
+                "CREATE TABLE obm_schema_version (version INTEGER NOT NULL);
+                 INSERT INTO obm_schema_version VALUES (3);
+                 INSERT INTO obm_notifications (org_id, notification_id, action_id, object_type,
+                     fields, received_at, certificate_sha256, peer_addr)
+                 VALUES ('00Dxx0000001gPFEAY', '04l000000000000001', 'a', 'Contact', '{}', 't', 'ab', 'p'),
+                        ('00Dxx0000002gPFEAY', '04l000000000000001', 'a', 'Contact', '{}', 't', 'ab', 'p');
+                 INSERT INTO obm_forward (seq, org_id, state, next_attempt_ms, queued_ms)
+                 SELECT seq, org_id, 'dead', 0, 0 FROM obm_notifications WHERE seq = 2;",
+            )
+            .await
+            .unwrap();
+        assert_eq!(key_columns(&client).await, ["org_id", "notification_id"]);
+
+        migrate(&mut client).await.unwrap();
+
+        assert_eq!(key_columns(&client).await, ["notification_id", "org_id"]);
+        let version: i32 = client
+            .query_one("SELECT version FROM obm_schema_version", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(version, MIGRATIONS.len() as i32);
+        let queued: String = client
+            .query_one(
+                "SELECT n.org_id FROM obm_forward f JOIN obm_notifications n ON n.seq = f.seq",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(queued, "00Dxx0000002gPFEAY");
+        // Deduplication holds under the new key: the same pair again inserts nothing.
+        let inserted = client
+            .execute(
+                "INSERT INTO obm_notifications (org_id, notification_id, action_id, object_type,
+                     fields, received_at, certificate_sha256, peer_addr)
+                 VALUES ('00Dxx0000001gPFEAY', '04l000000000000001', 'a', 'Contact', '{}', 't', 'ab', 'p')
+                 ON CONFLICT (notification_id, org_id) DO NOTHING",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(inserted, 0);
+        // Running again changes nothing.
+        migrate(&mut client).await.unwrap();
+        assert_eq!(key_columns(&client).await, ["notification_id", "org_id"]);
+        client
+            .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
+            .await
+            .unwrap();
+    }
+}
