@@ -253,7 +253,7 @@ if ((PREFILL > 0)) && [[ " $SERVERS " == *" obm-gate "* ]]; then
   echo "== prefill: $PREFILL s of 100-notification messages from $ORGS orgs to obm-gate"
   "$LOADGEN" --addr 127.0.0.1:$GATE_PORT "${CLIENTS[@]}" --key "$W/client.key" --ca "$W/server.pem" \
     --mode keepalive --concurrency $((ORGS > 16 ? ORGS : 16)) --notifications 100 --duration "$PREFILL" | tail -n 1
-  du -sh "$W/data"
+  if [ -d "$W/data" ]; then du -sh "$W/data"; fi  # not with OBM_GATE_STORE_URL (PostgreSQL)
 fi
 ROUND=1
 for ROUND in $(seq "$ROUNDS"); do

@@ -237,3 +237,159 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
+
+/// A group commit that holds several copies of one notification stores it once, from the copy
+/// of the message that came first, and credits that message alone. Both backends, through the
+/// store's own interface: 64 messages sent at once, each with its own action ID, all carrying
+/// notification A (the first twice) and each its own B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_notification_in_one_group_commit_are_stored_once() {
+    use obm_gate::ids::{Fingerprint, OrgId};
+    use obm_gate::metrics::Metrics;
+    use obm_gate::store::{Filter, NewMessage, NewNotification, Store};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut sqlite = obm_gate::Config::default().store;
+    sqlite.path = dir.path().join("obm-gate.db");
+    let mut postgres = obm_gate::Config::default().store;
+    postgres.url = Some(schema(PG).await);
+    for config in [sqlite, postgres] {
+        let backend = if config.url.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        };
+        let store = Arc::new(
+            Store::open(&config, false, Arc::new(Metrics::new()))
+                .await
+                .unwrap(),
+        );
+        let org = OrgId::parse(ORG_A).unwrap();
+        let fields = [("Id", "003xx000004TmiQAAS")];
+        let mut tasks = tokio::task::JoinSet::new();
+        for m in 0..64u64 {
+            let mut ids = vec![nid(1), nid(1000 + m as usize)];
+            if m == 0 {
+                ids.insert(0, nid(1));
+            }
+            let message = NewMessage {
+                org,
+                action_id: format!("04kxx{m:010}AAA"),
+                certificate: Fingerprint::of_der(b"copies"),
+                peer: "127.0.0.1:1".into(),
+                notifications: ids
+                    .iter()
+                    .map(|id| NewNotification::new(id, "Contact", &fields))
+                    .collect(),
+            };
+            let store = store.clone();
+            tasks.spawn(async move { (message.action_id.clone(), store.commit(message).await) });
+        }
+        let mut credited = Vec::new();
+        let (mut stored, mut duplicates) = (0, 0);
+        while let Some(joined) = tasks.join_next().await {
+            let (action, committed) = joined.unwrap();
+            let committed = committed.unwrap();
+            stored += committed.stored;
+            duplicates += committed.duplicates;
+            if committed.stored == 2 {
+                credited.push(action);
+            }
+        }
+        assert!(
+            store.commits() < 64,
+            "{backend}: every message had a commit of its own ({}), so no commit held copies",
+            store.commits()
+        );
+        assert_eq!((stored, duplicates), (65, 64), "{backend}");
+        let rows = store.list(&Filter::default()).await.unwrap();
+        assert_eq!(rows.len(), 65, "{backend}");
+        let a: Vec<_> = rows
+            .iter()
+            .filter(|r| r.notification_id == nid(1))
+            .collect();
+        assert_eq!(a.len(), 1, "{backend}");
+        assert_eq!(
+            credited,
+            [a[0].action_id.clone()],
+            "{backend}: credited {credited:?}"
+        );
+    }
+}
+
+/// Webhook results recorded together for one notification leave the last of them, on both
+/// backends (the PostgreSQL writer sends a batch's results as one statement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_of_several_webhook_results_for_a_notification_is_kept() {
+    use obm_gate::ids::{Fingerprint, OrgId};
+    use obm_gate::metrics::Metrics;
+    use obm_gate::store::{
+        Filter, ForwardOutcome, ForwardState, ForwardUpdate, NewMessage, NewNotification, Store,
+    };
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut sqlite = obm_gate::Config::default().store;
+    sqlite.path = dir.path().join("obm-gate.db");
+    let mut postgres = obm_gate::Config::default().store;
+    postgres.url = Some(schema(PG).await);
+    for config in [sqlite, postgres] {
+        let backend = if config.url.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        };
+        let store = Store::open(&config, true, Arc::new(Metrics::new()))
+            .await
+            .unwrap();
+        let message = NewMessage {
+            org: OrgId::parse(ORG_A).unwrap(),
+            action_id: "04kxx00000000blCAA".into(),
+            certificate: Fingerprint::of_der(b"results"),
+            peer: "127.0.0.1:1".into(),
+            notifications: vec![
+                NewNotification::new(&nid(1), "Contact", &[("Id", "003xx000004TmiQAAS")]),
+                NewNotification::new(&nid(2), "Contact", &[("Id", "003xx000004TmiRAAS")]),
+            ],
+        };
+        assert_eq!(store.commit(message).await.unwrap().stored, 2, "{backend}");
+        let rows = store.list(&Filter::default()).await.unwrap();
+        let (first, second) = (rows[0].seq, rows[1].seq);
+        let retry = |seq, attempts| ForwardUpdate {
+            seq,
+            attempts,
+            outcome: ForwardOutcome::Retry {
+                next_attempt_ms: 1,
+                error: format!("attempt {attempts}"),
+            },
+        };
+        let dead = |seq, attempts| ForwardUpdate {
+            seq,
+            attempts,
+            outcome: ForwardOutcome::Dead {
+                error: format!("gave up after {attempts}"),
+            },
+        };
+        // Interleaved: the first notification ends dead, the second pending again.
+        let updates = vec![
+            retry(first, 1),
+            dead(second, 2),
+            dead(first, 3),
+            retry(second, 3),
+        ];
+        store.record_forward(updates).await.unwrap();
+        let rows = store.list(&Filter::default()).await.unwrap();
+        let state = |i: usize| {
+            let f = rows[i].forward.clone().unwrap();
+            (f.state, f.attempts, f.last_error.unwrap_or_default())
+        };
+        let dead_after_3 = (ForwardState::Dead, 3, "gave up after 3".to_owned());
+        assert_eq!(state(0), dead_after_3, "{backend}");
+        assert_eq!(
+            state(1),
+            (ForwardState::Pending, 3, "attempt 3".into()),
+            "{backend}"
+        );
+    }
+}

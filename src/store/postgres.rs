@@ -1,16 +1,18 @@
 //! The PostgreSQL backend, for several receivers sharing one database.
 //!
 //! One writer task per receiver does group commit: each transaction takes every message queued
-//! meanwhile, inserting each message's notifications with one `INSERT … SELECT FROM UNNEST`.
+//! meanwhile, and inserts all their notifications with one prepared `INSERT … SELECT FROM
+//! UNNEST`: one round trip per commit, however many messages it holds.
 //! The unique key (notification ID, org) deduplicates across receivers. When the database is
 //! unreachable, commits fail with 503 (nothing is acknowledged) and the writer reconnects on the
 //! next message; no restart is needed. Migrations run at start under an advisory lock, so
 //! receivers starting together do not race.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, GenericClient, NoTls, Statement};
 
 use super::{
     Batch, Committed, Control, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage,
@@ -99,9 +101,10 @@ pub(crate) async fn start(
     };
     let mut client = connect(url).await.map_err(open_err)?;
     migrate(&mut client).await.map_err(open_err)?;
+    let session = Session::prepare(client).await.map_err(open_err)?;
     let writer = Writer {
         url: url.to_owned(),
-        client: Some(client),
+        session: Some(session),
         ctx,
     };
     tokio::spawn(writer.run(rx));
@@ -148,9 +151,70 @@ async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     tx.commit().await.map_err(err)
 }
 
+/// A connection with the writer's statements prepared on it (parsed once per connection, not
+/// once per commit).
+struct Session {
+    client: Client,
+    insert: Statement,
+    update: Statement,
+}
+
+/// A whole batch's notifications in one statement, so that a group commit is one round trip
+/// however many messages it holds. `$1`–`$4` hold one element per message; `$5`–`$8` one per
+/// notification, `$5` giving its message's position (from 1). Rows go in in batch order, so a
+/// notification that two messages of one batch carry is stored from the first, as if they had
+/// come one after the other. Each newly inserted row is queued for the webhook in the same
+/// statement when `$10`. The statement returns the key of every row it inserted.
+const INSERT: &str = "
+    WITH message AS (
+        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
+            WITH ORDINALITY AS m(org_id, action_id, certificate_sha256, peer_addr, position)
+    ), inserted AS (
+        INSERT INTO obm_notifications (org_id, notification_id, action_id, object_type, fields,
+                                       received_at, certificate_sha256, peer_addr)
+        SELECT m.org_id, n.id, m.action_id, n.object_type, n.fields, $9, m.certificate_sha256,
+               m.peer_addr
+        FROM UNNEST($5::int8[], $6::text[], $7::text[], $8::text[]) WITH ORDINALITY
+                 AS n(message, id, object_type, fields, position)
+            JOIN message m ON m.position = n.message
+        ORDER BY n.position
+        ON CONFLICT (notification_id, org_id) DO NOTHING
+        RETURNING seq, org_id, notification_id
+    ), queued AS (
+        INSERT INTO obm_forward (seq, org_id, state, attempts, next_attempt_ms, queued_ms)
+        SELECT seq, org_id, 'pending', 0, $11, $11 FROM inserted WHERE $10
+    )
+    SELECT org_id, notification_id FROM inserted";
+
+/// A batch's webhook results in one statement; each row is updated at most once (the caller
+/// keeps the last result for a notification).
+const UPDATE: &str = "
+    UPDATE obm_forward f
+    SET state = u.state, attempts = u.attempts,
+        next_attempt_ms = COALESCE(u.next_attempt_ms, f.next_attempt_ms), last_error = u.error
+    FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::text[])
+             AS u(seq, state, attempts, next_attempt_ms, error)
+    WHERE f.seq = u.seq";
+
+impl Session {
+    async fn open(url: &str) -> Result<Session, StoreError> {
+        Session::prepare(connect(url).await?).await
+    }
+
+    async fn prepare(client: Client) -> Result<Session, StoreError> {
+        let insert = client.prepare(INSERT).await.map_err(err)?;
+        let update = client.prepare(UPDATE).await.map_err(err)?;
+        Ok(Session {
+            client,
+            insert,
+            update,
+        })
+    }
+}
+
 struct Writer {
     url: String,
-    client: Option<Client>,
+    session: Option<Session>,
     ctx: WriterContext,
 }
 
@@ -189,19 +253,19 @@ impl Writer {
     }
 
     /// The connection, reconnecting if it was lost.
-    async fn client(&mut self) -> Result<&mut Client, StoreError> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.client = Some(connect(&self.url).await?);
+    async fn session(&mut self) -> Result<&mut Session, StoreError> {
+        if self.session.as_ref().is_none_or(|s| s.client.is_closed()) {
+            self.session = Some(Session::open(&self.url).await?);
         }
-        self.client.as_mut().ok_or(StoreError::Unavailable)
+        self.session.as_mut().ok_or(StoreError::Unavailable)
     }
 
     async fn probe(&mut self) -> Result<(), StoreError> {
         let now = now_rfc3339();
-        let client = self.client().await?;
+        let session = self.session().await?;
         let r = tokio::time::timeout(
             COMMIT_TIMEOUT,
-            client.execute(
+            session.client.execute(
                 "INSERT INTO obm_health (id, probed_at) VALUES (1, $1)
                  ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
                 &[&now],
@@ -211,11 +275,11 @@ impl Writer {
         match r {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
-                self.client = None;
+                self.session = None;
                 Err(err(e))
             }
             Err(_) => {
-                self.client = None;
+                self.session = None;
                 Err(err("the probe timed out"))
             }
         }
@@ -225,11 +289,11 @@ impl Writer {
         let started = Instant::now();
         let received_at = now_rfc3339();
         let forward = self.ctx.forward;
-        let result = match self.client().await {
-            Ok(client) => {
+        let result = match self.session().await {
+            Ok(session) => {
                 let messages: Vec<&NewMessage> = batch.messages.iter().map(|(m, _)| m).collect();
                 let updates: Vec<&ForwardUpdate> = batch.updates().collect();
-                let write = write(client, &messages, &updates, &received_at, forward);
+                let write = write(session, &messages, &updates, &received_at, forward);
                 match tokio::time::timeout(COMMIT_TIMEOUT, write).await {
                     Ok(r) => r,
                     Err(_) => Err(err(format!(
@@ -241,98 +305,137 @@ impl Writer {
         };
         if result.is_err() {
             // Reconnect for the next batch: the connection may be what failed.
-            self.client = None;
+            self.session = None;
         }
         let result = result.map_err(|e| e.to_string());
         batch.finish(result, started, &self.ctx);
     }
 }
 
-/// Writes the messages and the webhook results in one transaction.
+/// Writes the messages and the webhook results: each kind in one statement, both in one
+/// transaction when the batch has both (a single statement is a transaction of its own).
 async fn write(
-    client: &mut Client,
+    session: &mut Session,
     messages: &[&NewMessage],
     updates: &[&ForwardUpdate],
     received_at: &str,
     forward: bool,
 ) -> Result<Vec<Committed>, StoreError> {
+    let Session {
+        client,
+        insert,
+        update,
+    } = session;
+    if updates.is_empty() {
+        return insert_messages(&*client, insert, messages, received_at, forward).await;
+    }
     let tx = client.transaction().await.map_err(err)?;
-    // Each newly inserted row is queued for the webhook in the same statement when $9.
-    let insert = tx
-        .prepare(
-            "WITH inserted AS (
-                 INSERT INTO obm_notifications (org_id, notification_id, action_id, object_type,
-                                                fields, received_at, certificate_sha256, peer_addr)
-                 SELECT $1, n.id, $2, n.object_type, n.fields, $3, $4, $5
-                 FROM UNNEST($6::text[], $7::text[], $8::text[]) AS n(id, object_type, fields)
-                 ON CONFLICT (notification_id, org_id) DO NOTHING
-                 RETURNING seq, org_id
-             ), queued AS (
-                 INSERT INTO obm_forward (seq, org_id, state, attempts, next_attempt_ms, queued_ms)
-                 SELECT seq, org_id, 'pending', 0, $10, $10 FROM inserted WHERE $9
-             )
-             SELECT COUNT(*) FROM inserted",
+    let outcomes = insert_messages(&tx, insert, messages, received_at, forward).await?;
+    update_forwards(&tx, update, updates).await?;
+    tx.commit().await.map_err(err)?;
+    Ok(outcomes)
+}
+
+/// Inserts a batch's notifications; what each message stored and found already there.
+async fn insert_messages(
+    client: &impl GenericClient,
+    insert: &Statement,
+    messages: &[&NewMessage],
+    received_at: &str,
+    forward: bool,
+) -> Result<Vec<Committed>, StoreError> {
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let count: usize = messages.iter().map(|m| m.notifications.len()).sum();
+    let orgs: Vec<&str> = messages.iter().map(|m| m.org.as_str()).collect();
+    let actions: Vec<&str> = messages.iter().map(|m| m.action_id.as_str()).collect();
+    let fingerprints: Vec<String> = messages.iter().map(|m| m.certificate.to_hex()).collect();
+    let peers: Vec<&str> = messages.iter().map(|m| m.peer.as_str()).collect();
+    let (mut owner, mut ids, mut types, mut fields) = (
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+    );
+    // Which message a key is credited to: the first that carries it, the one whose row is
+    // stored (rows go in in batch order).
+    let mut first: HashMap<(&str, &str), usize> = HashMap::with_capacity(count);
+    for (i, m) in messages.iter().enumerate() {
+        for n in &m.notifications {
+            owner.push(i as i64 + 1);
+            ids.push(n.id.as_str());
+            types.push(n.object_type.as_str());
+            fields.push(n.fields_json.as_str());
+            first.entry((m.org.as_str(), n.id.as_str())).or_insert(i);
+        }
+    }
+    let rows = client
+        .query(
+            insert,
+            &[
+                &orgs,
+                &actions,
+                &fingerprints,
+                &peers,
+                &owner,
+                &ids,
+                &types,
+                &fields,
+                &received_at,
+                &forward,
+                &now_ms(),
+            ],
         )
         .await
         .map_err(err)?;
-    let queued_ms = now_ms();
-    let mut outcomes = Vec::with_capacity(messages.len());
-    for m in messages {
-        let ids: Vec<&str> = m.notifications.iter().map(|n| n.id.as_str()).collect();
-        let types: Vec<&str> = m
-            .notifications
-            .iter()
-            .map(|n| n.object_type.as_str())
-            .collect();
-        let fields: Vec<&str> = m
-            .notifications
-            .iter()
-            .map(|n| n.fields_json.as_str())
-            .collect();
-        let fingerprint = m.certificate.to_hex();
-        let stored: i64 = tx
-            .query_one(
-                &insert,
-                &[
-                    &m.org.as_str(),
-                    &m.action_id,
-                    &received_at,
-                    &fingerprint,
-                    &m.peer,
-                    &ids,
-                    &types,
-                    &fields,
-                    &forward,
-                    &queued_ms,
-                ],
-            )
-            .await
-            .map_err(err)?
-            .get(0);
-        let stored = stored as usize;
-        outcomes.push(Committed {
-            stored,
-            duplicates: m.notifications.len().saturating_sub(stored),
-        });
-    }
-    if !updates.is_empty() {
-        let update = tx
-            .prepare(
-                "UPDATE obm_forward SET state = $2, attempts = $3,
-                        next_attempt_ms = COALESCE($4, next_attempt_ms), last_error = $5
-                 WHERE seq = $1",
-            )
-            .await
-            .map_err(err)?;
-        for u in updates {
-            let (state, next, error) = u.columns();
-            tx.execute(&update, &[&u.seq, &state, &u.attempts, &next, &error])
-                .await
-                .map_err(err)?;
+    let mut stored = vec![0usize; messages.len()];
+    for row in &rows {
+        let key: (&str, &str) = (row.get(0), row.get(1));
+        match first.get(&key) {
+            Some(&i) => stored[i] += 1,
+            None => return Err(err("the insert returned a row the batch did not hold")),
         }
     }
-    tx.commit().await.map_err(err)?;
-    Ok(outcomes)
+    Ok(messages
+        .iter()
+        .zip(stored)
+        .map(|(m, stored)| Committed {
+            stored,
+            duplicates: m.notifications.len().saturating_sub(stored),
+        })
+        .collect())
+}
+
+/// Records a batch's webhook results; a later result for a notification replaces an earlier
+/// one, as the updates would have one after the other.
+async fn update_forwards(
+    client: &impl GenericClient,
+    update: &Statement,
+    updates: &[&ForwardUpdate],
+) -> Result<(), StoreError> {
+    let mut last: HashMap<i64, usize> = HashMap::with_capacity(updates.len());
+    for (i, u) in updates.iter().enumerate() {
+        last.insert(u.seq, i);
+    }
+    let (mut seqs, mut states, mut attempts, mut nexts, mut errors) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, u) in updates.iter().enumerate() {
+        if last.get(&u.seq) != Some(&i) {
+            continue;
+        }
+        let (state, next, error) = u.columns();
+        seqs.push(u.seq);
+        states.push(state);
+        attempts.push(u.attempts);
+        nexts.push(next);
+        errors.push(error);
+    }
+    client
+        .execute(update, &[&seqs, &states, &attempts, &nexts, &errors])
+        .await
+        .map_err(err)?;
+    Ok(())
 }
 
 /// The forwarder's connection. Only the receiver holding the forwarding advisory lock reads
