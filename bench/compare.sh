@@ -8,6 +8,9 @@
 #   GATE=/tmp/obm-gate-old ONLY=d SERVERS=obm-gate bench/compare.sh   # another obm-gate build (A/B)
 #   ROUNDS=3 bench/compare.sh        # every scenario three times; the report gives medians
 #   ORGS=512 PREFILL=30 C_LEVELS=512 ONLY=c bench/compare.sh   # many orgs, a store already full
+#   OBM_GATE_STORE_URL='postgres://postgres@127.0.0.1/test?options=-c%20search_path%3Dobm_bench' \
+#     SERVERS=obm-gate bench/compare.sh   # the PostgreSQL store (the schema must exist and be
+#                                         # empty); the server's CPU then includes PostgreSQL's
 #
 # ORGS=N registers N client certificates, one per org (one RSA key for all); loadgen's worker k
 # sends as org k mod N (oha and s_time use the first). PREFILL=S sends
@@ -155,9 +158,15 @@ pids() { # the server's processes
     echo "$GATE_PID"
   fi
 }
-ticks() { local t=0; for p in $(pids "$1"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+# The processes whose work a message costs: with OBM_GATE_STORE_URL (obm-gate storing to a
+# PostgreSQL on this machine) the database server's processes count as obm-gate's too.
+work_pids() {
+  pids "$1"
+  if [ "$1" = obm-gate ] && [ -n "${OBM_GATE_STORE_URL:-}" ]; then pgrep -x postgres || true; fi
+}
+ticks() { local t=0; for p in $(work_pids "$1"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo $t; }
 # Bytes the server's processes handed to write(2) and kin, files and sockets alike.
-wchar() { local w=0; for p in $(pids "$1"); do w=$((w + $(awk '/^wchar/ {print $2}' "/proc/$p/io"))); done; echo $w; }
+wchar() { local w=0; for p in $(work_pids "$1"); do w=$((w + $(awk '/^wchar/ {print $2}' "/proc/$p/io" 2>/dev/null || echo 0))); done; echo $w; }
 rss_kb() { local r=0; for p in $(pids "$1"); do r=$((r + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $r; }
 port() { [ "$1" = nginx ] && echo $NGINX_PORT || echo $GATE_PORT; }
 HZ=$(getconf CLK_TCK)
