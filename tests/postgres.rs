@@ -5,12 +5,18 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::process::*;
 use common::tcp_proxy::Proxy;
 use common::webhook::{Webhook, signature_verifies};
 use common::*;
+use obm_gate::ids::{Fingerprint, OrgId};
+use obm_gate::metrics::Metrics;
+use obm_gate::store::{
+    Filter, ForwardOutcome, ForwardState, ForwardUpdate, NewMessage, NewNotification, Store,
+};
 
 const PG: &str = "127.0.0.1:5432";
 
@@ -238,28 +244,24 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// The store's configuration for each backend: a SQLite file in `dir`, and a fresh PostgreSQL
+/// schema. For tests of what both must do alike, through the store's own interface.
+async fn both_backends(dir: &tempfile::TempDir) -> [(&'static str, obm_gate::config::Store); 2] {
+    let mut sqlite = obm_gate::Config::default().store;
+    sqlite.path = dir.path().join("obm-gate.db");
+    let mut postgres = obm_gate::Config::default().store;
+    postgres.url = Some(schema(PG).await);
+    [("SQLite", sqlite), ("PostgreSQL", postgres)]
+}
+
 /// A group commit that holds several copies of one notification stores it once, from the copy
 /// of the message that came first, and credits that message alone. Both backends, through the
 /// store's own interface: 64 messages sent at once, each with its own action ID, all carrying
 /// notification A (the first twice) and each its own B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_of_a_notification_in_one_group_commit_are_stored_once() {
-    use obm_gate::ids::{Fingerprint, OrgId};
-    use obm_gate::metrics::Metrics;
-    use obm_gate::store::{Filter, NewMessage, NewNotification, Store};
-    use std::sync::Arc;
-
     let dir = tempfile::tempdir().unwrap();
-    let mut sqlite = obm_gate::Config::default().store;
-    sqlite.path = dir.path().join("obm-gate.db");
-    let mut postgres = obm_gate::Config::default().store;
-    postgres.url = Some(schema(PG).await);
-    for config in [sqlite, postgres] {
-        let backend = if config.url.is_some() {
-            "PostgreSQL"
-        } else {
-            "SQLite"
-        };
+    for (backend, config) in both_backends(&dir).await {
         let store = Arc::new(
             Store::open(&config, false, Arc::new(Metrics::new()))
                 .await
@@ -322,24 +324,8 @@ async fn copies_of_a_notification_in_one_group_commit_are_stored_once() {
 /// backends (the PostgreSQL writer sends a batch's results as one statement).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_of_several_webhook_results_for_a_notification_is_kept() {
-    use obm_gate::ids::{Fingerprint, OrgId};
-    use obm_gate::metrics::Metrics;
-    use obm_gate::store::{
-        Filter, ForwardOutcome, ForwardState, ForwardUpdate, NewMessage, NewNotification, Store,
-    };
-    use std::sync::Arc;
-
     let dir = tempfile::tempdir().unwrap();
-    let mut sqlite = obm_gate::Config::default().store;
-    sqlite.path = dir.path().join("obm-gate.db");
-    let mut postgres = obm_gate::Config::default().store;
-    postgres.url = Some(schema(PG).await);
-    for config in [sqlite, postgres] {
-        let backend = if config.url.is_some() {
-            "PostgreSQL"
-        } else {
-            "SQLite"
-        };
+    for (backend, config) in both_backends(&dir).await {
         let store = Store::open(&config, true, Arc::new(Metrics::new()))
             .await
             .unwrap();
