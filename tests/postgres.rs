@@ -1,6 +1,7 @@
 //! The PostgreSQL backend against the real server on 127.0.0.1:5432 (database `test`, trust
 //! auth; `.ci/run` starts it). Each test works in a schema of its own. A TCP proxy in front of
-//! the database lets a test make it unreachable without stopping the shared server.
+//! the database lets a test make it unreachable without stopping the shared server. The tests of
+//! what both backends must do alike (`both_backends`) run the SQLite file beside it.
 
 mod common;
 
