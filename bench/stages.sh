@@ -70,6 +70,9 @@ for (scenario, client, conc, notes), by_stage in sorted(rows.items(), key=str):
         runs = by_stage.get(stage, [])
         if not runs:
             continue
+        if any(r["cpu_ms_per_msg"] is None for r in runs):
+            sys.exit(f"stages.sh: a {stage} run of ({scenario}) acknowledged no message; "
+                     f"the server refused or failed every request")
         cpu = statistics.median(r["cpu_ms_per_msg"] for r in runs)
         rate = statistics.median(r["rate"] for r in runs)
         size = runs[0].get("body_bytes")
