@@ -391,7 +391,7 @@ async fn insert_messages(
         .map_err(err)?;
     let mut stored = vec![0usize; messages.len()];
     for row in &rows {
-        let key: (&str, &str) = (row.get(0), row.get(1));
+        let key: (&str, &str) = (row.try_get(0).map_err(err)?, row.try_get(1).map_err(err)?);
         match first.get(&key) {
             Some(&i) => stored[i] += 1,
             None => return Err(err("the insert returned a row the batch did not hold")),
