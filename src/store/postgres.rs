@@ -329,6 +329,10 @@ async fn write(
     if updates.is_empty() {
         return insert_messages(&*client, insert, messages, received_at, forward).await;
     }
+    if messages.is_empty() {
+        update_forwards(&*client, update, updates).await?;
+        return Ok(Vec::new());
+    }
     let tx = client.transaction().await.map_err(err)?;
     let outcomes = insert_messages(&tx, insert, messages, received_at, forward).await?;
     update_forwards(&tx, update, updates).await?;
