@@ -177,6 +177,18 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
              notifications and free disk space of twice the store's size"
         );
     }
+    let applied = apply(conn, pending);
+    // Back as it was, whether the migrations ran or failed.
+    let restored = conn.pragma_update(None, "foreign_keys", foreign_keys);
+    applied.and(restored)
+}
+
+/// Runs each pending migration in a transaction of its own, checking foreign keys before it
+/// commits.
+fn apply<'m>(
+    conn: &mut Connection,
+    pending: impl Iterator<Item = (usize, &'m &'static str)>,
+) -> rusqlite::Result<()> {
     for (i, sql) in pending {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
@@ -192,7 +204,7 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
         tx.commit()?;
     }
-    conn.pragma_update(None, "foreign_keys", foreign_keys)
+    Ok(())
 }
 
 struct Writer {
@@ -576,6 +588,35 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap()
+    }
+
+    #[test]
+    fn a_migration_that_fails_leaves_the_version_and_the_foreign_key_checks_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("old.db")).unwrap();
+        for sql in &MIGRATIONS[..4] {
+            conn.execute_batch(sql).unwrap();
+        }
+        // Migration 5 creates this table: here it is in the way, so the migration fails.
+        conn.execute_batch(
+            "PRAGMA user_version = 4; PRAGMA foreign_keys = ON;
+             CREATE TABLE notifications_rekeyed (x INTEGER)",
+        )
+        .unwrap();
+
+        let err = migrate(&mut conn).unwrap_err().to_string();
+
+        assert!(err.contains("notifications_rekeyed"), "{err}");
+        let pragma = |name: &str| -> i64 {
+            conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(pragma("user_version"), 4);
+        assert_eq!(
+            pragma("foreign_keys"),
+            1,
+            "the checks stayed off after the failure"
+        );
     }
 
     #[test]
