@@ -9,6 +9,7 @@
 //! receivers starting together do not race.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -161,10 +162,10 @@ struct Session {
 
 /// A whole batch's notifications in one statement, so that a group commit is one round trip
 /// however many messages it holds. `$1`–`$4` hold one element per message; `$5`–`$8` one per
-/// notification, `$5` giving its message's position (from 1). Rows go in in batch order, so a
-/// notification that two messages of one batch carry is stored from the first, as if they had
-/// come one after the other. Each newly inserted row is queued for the webhook in the same
-/// statement when `$10`. The statement returns the key of every row it inserted.
+/// notification, `$5` giving its message's position (from 1); the caller sends a key at most
+/// once per batch. Rows go in in batch order, so that seq follows arrival as it does one commit
+/// to the next. Each newly inserted row is queued for the webhook in the same statement when
+/// `$10`. The statement returns the key of every row it inserted.
 const INSERT: &str = "
     WITH message AS (
         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
@@ -362,16 +363,20 @@ async fn insert_messages(
         Vec::with_capacity(count),
         Vec::with_capacity(count),
     );
-    // Which message a key is credited to: the first that carries it, the one whose row is
-    // stored (rows go in in batch order).
+    // A key that several messages of the batch carry is sent once, from the first of them, and
+    // credited to it: as if the messages had come one after the other. The later copies are
+    // duplicates whatever order the database inserts rows in.
     let mut first: HashMap<(&str, &str), usize> = HashMap::with_capacity(count);
     for (i, m) in messages.iter().enumerate() {
         for n in &m.notifications {
+            let Entry::Vacant(slot) = first.entry((m.org.as_str(), n.id.as_str())) else {
+                continue;
+            };
+            slot.insert(i);
             owner.push(i as i64 + 1);
             ids.push(n.id.as_str());
             types.push(n.object_type.as_str());
             fields.push(n.fields_json.as_str());
-            first.entry((m.org.as_str(), n.id.as_str())).or_insert(i);
         }
     }
     let rows = client
