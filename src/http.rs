@@ -140,11 +140,10 @@ pub async fn handle(
     req: Request<Incoming>,
     conn: Arc<Connection>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    conn.hooks.request_started();
-    conn.state.metrics.requests_in_flight.inc();
-    let started = Instant::now();
-    let mut seen = Seen::default();
-    let result = process(req, &conn, &mut seen).await;
+    let mut request = InFlight::start(&conn);
+    let result = process(req, &conn, &mut request.seen).await;
+    request.answered = true;
+    let (started, seen) = (request.started, &request.seen);
     let state = &conn.state;
     let response = match result {
         Ok(()) => {
@@ -197,9 +196,55 @@ pub async fn handle(
             response
         }
     };
-    conn.hooks.request_finished();
-    state.metrics.requests_in_flight.dec();
     Ok(response)
+}
+
+/// A request from its head to its answer: in flight while it lives. hyper drops a request
+/// unfinished when its sender closes the connection (say, while the request waits for the
+/// store); the drop still ends it, so the in-flight gauge and the connection's idle clock stay
+/// right, and it is counted and logged as `client_closed` (status 499, as nginx logs it).
+struct InFlight<'a> {
+    conn: &'a Connection,
+    started: Instant,
+    seen: Seen,
+    /// A response was produced (sent or not is hyper's business from there).
+    answered: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(conn: &'a Connection) -> InFlight<'a> {
+        conn.hooks.request_started();
+        conn.state.metrics.requests_in_flight.inc();
+        InFlight {
+            conn,
+            started: Instant::now(),
+            seen: Seen::default(),
+            answered: false,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let conn = self.conn;
+        if !self.answered {
+            conn.state.metrics.request(499, "client_closed");
+            tracing::warn!(
+                peer = %conn.peer,
+                certificate = %conn.identity.fingerprint,
+                org = self.seen.org.as_deref().unwrap_or(""),
+                action = self.seen.action.as_deref().unwrap_or(""),
+                notifications = self.seen.notifications,
+                outcome = "client_closed",
+                status = 499,
+                duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+                "the sender closed the connection before the answer: nothing was acknowledged; \
+                 what the store commits anyway is counted as duplicates when Salesforce retries"
+            );
+        }
+        conn.hooks.request_finished();
+        conn.state.metrics.requests_in_flight.dec();
+    }
 }
 
 async fn process(

@@ -304,6 +304,62 @@ async fn store_failure_is_503_and_the_server_keeps_running() {
     server.stop().await;
 }
 
+/// A sender that hangs up while its message waits for the store: hyper drops the request
+/// unfinished. It must still leave the in-flight gauge, and be counted and logged as closed by
+/// the client, not vanish.
+#[tokio::test]
+async fn a_request_whose_sender_hangs_up_is_counted_and_leaves_the_in_flight_gauge() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "a"));
+    server.register(ORG_A, "a", &id);
+    let client = server.client(Some(&id));
+    client.ack(ORG_A, &[nid(1)]).await;
+
+    // The store cannot commit while another writer holds the lock, so the request waits there.
+    let blocker = rusqlite::Connection::open(server.store().path()).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let metrics = &server.state.metrics;
+    let body = message(ORG_A, &[nid(2)]);
+    let mut conn = client.connect_raw().await.unwrap();
+    let head = format!(
+        "POST /obm HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\n\
+         SOAPAction: \"\"\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body).await.unwrap();
+    conn.flush().await.unwrap();
+    eventually("the request in flight", WAIT, || {
+        metrics.requests_in_flight.get() == 1
+    })
+    .await;
+    conn.shutdown().await.unwrap();
+    drop(conn);
+    eventually("the closed request out of flight", WAIT, || {
+        metrics.requests_in_flight.get() == 0
+    })
+    .await;
+    assert_eq!(metrics.requests_with(499, "client_closed"), 1);
+    assert_eq!(metrics.requests_with(503, "store_unavailable"), 0);
+    let (_, text) = admin_get(&server.state, "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"obm_gate_requests_total{status="499",reason="client_closed"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "obm_gate_requests_in_flight"), 0.0);
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+
+    // The next message is stored and acknowledged as usual.
+    client.ack(ORG_A, &[nid(3)]).await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn idle_and_slow_header_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
