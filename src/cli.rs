@@ -36,6 +36,11 @@ enum Command {
         #[command(subcommand)]
         command: MessagesCommand,
     },
+    /// Maintain the SQLite store file.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// The operator's signing CA.
     Ca {
         #[command(subcommand)]
@@ -147,6 +152,17 @@ enum CertsCommand {
         #[arg(long)]
         org: Option<String>,
         cert: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// Rewrite the store without its free pages, at 16 KiB pages: for a store made before
+    /// 16 KiB pages, or grown by a schema upgrade that rebuilt a table. Stop the receiver first;
+    /// it needs free disk space of about twice the store's size.
+    Compact {
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -273,6 +289,9 @@ pub fn main() -> ExitCode {
             sample,
             org,
         } => report(send(url, cert, key, password, ca, file, sample, org)),
+        Command::Store {
+            command: StoreCommand::Compact { config },
+        } => report(compact(config.as_deref())),
         Command::Ca { command } => report(certificates::ca(command)),
         Command::Certs { command } => report(certificates::certs(command)),
     }
@@ -627,6 +646,34 @@ fn small_runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .enable_all()
         .build()
         .map_err(Failure::failed)
+}
+
+/// `store compact`.
+fn compact(config_path: Option<&Path>) -> Result<(), Failure> {
+    let config = load_config(config_path).map_err(Failure::usage)?;
+    let path = match store_backend(&config)? {
+        store::Backend::Sqlite(path) => path,
+        store::Backend::Postgres(_) => {
+            return Err(Failure::usage(
+                "store compact applies to the SQLite store; this configuration uses PostgreSQL \
+                 ([store] url), which reclaims space with its own (auto)vacuum",
+            ));
+        }
+    };
+    let done = store::compact(&path).map_err(Failure::failed)?;
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    println!(
+        "compacted {}: {:.1} MB -> {:.1} MB ({} free pages dropped), pages {} -> {} bytes, \
+         {} notifications",
+        path.display(),
+        mb(done.bytes_before),
+        mb(done.bytes_after),
+        done.free_pages_before,
+        done.page_size_before,
+        done.page_size_after,
+        done.notifications
+    );
+    Ok(())
 }
 
 /// `messages replay`.

@@ -273,6 +273,44 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     assert!(stored_ids(dir.path()).contains(&nid(77)));
 }
 
+/// `store compact` refuses the store of a running receiver (exit 1, saying to stop it), and
+/// compacts it once the receiver has stopped, keeping what was stored.
+#[tokio::test]
+async fn store_compact_waits_for_the_receiver_to_stop() {
+    let dir = workdir();
+    let id = self_signed(Spec::new(Key::EcdsaP256, "compact"));
+    write_registered(&dir.path().join("certs/orgs"), ORG_A, "compact", &id);
+    let proc = Proc::start(dir.path());
+    let client = Client::new(proc.addr, &server_cert(dir.path()), Some(&id), None);
+    client.ack(ORG_A, &[nid(1), nid(2)]).await;
+    let compact = || {
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["store", "compact", "--config", "obm-gate.toml"])
+            .output()
+            .unwrap()
+    };
+    let out = compact();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("stop the receiver"), "{err}");
+
+    proc.signal("-TERM");
+    assert_eq!(proc.wait_exit(Duration::from_secs(10)), Some(0));
+    let out = compact();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("pages 16384 -> 16384 bytes, 2 notifications"),
+        "{said}"
+    );
+    assert_eq!(stored_ids(dir.path()), BTreeSet::from([nid(1), nid(2)]));
+}
+
 #[tokio::test]
 async fn send_exits_0_on_ack_and_1_on_a_fault() {
     let dir = workdir();

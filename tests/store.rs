@@ -65,3 +65,86 @@ async fn the_wal_is_checkpointed_and_stays_bounded() {
         wal_len()
     );
 }
+
+/// `store compact` on a store like one from before 16 KiB pages, with the pages of a dropped
+/// table free in it: refused while the store is open, then rewritten at 16 KiB pages with no
+/// free page and every row as it was, and the receiver's store goes on with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_rewrites_an_old_store_at_16_kib_pages_and_keeps_every_row() {
+    use obm_gate::store::{Filter, StoreError, compact};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = obm_gate::Config::default().store;
+    config.path = dir.path().join("obm-gate.db");
+    let org = OrgId::parse("00Dxx0000001gPFEAY").unwrap();
+    let description = "y".repeat(1_000);
+    let fields = [("Id", "003xx000004TmiQAAS"), ("Description", &description)];
+    let message = |m: u64, count: u64| NewMessage {
+        org,
+        action_id: "04kxx00000000blCAA".into(),
+        certificate: Fingerprint::of_der(b"compact test"),
+        peer: "127.0.0.1:1".into(),
+        notifications: (0..count)
+            .map(|i| NewNotification::new(&format!("04l{:015}", m * 100 + i), "Contact", &fields))
+            .collect(),
+    };
+    let store = Store::open(&config, false, Arc::new(Metrics::new()))
+        .await
+        .unwrap();
+    for m in 0..20 {
+        assert_eq!(store.commit(message(m, 50)).await.unwrap().stored, 50);
+    }
+    let before = store.list(&Filter::default()).await.unwrap();
+    match compact(&config.path) {
+        Err(StoreError::InUse { .. }) => {}
+        other => panic!("compact of an open store: {other:?}"),
+    }
+    store.shutdown().await;
+    drop(store);
+
+    let pragma = |name: &str| -> String {
+        let conn = rusqlite::Connection::open(&config.path).unwrap();
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| {
+            r.get::<_, rusqlite::types::Value>(0)
+        })
+        .map(|v| match v {
+            rusqlite::types::Value::Integer(i) => i.to_string(),
+            rusqlite::types::Value::Text(t) => t,
+            other => format!("{other:?}"),
+        })
+        .unwrap()
+    };
+    {
+        let old = rusqlite::Connection::open(&config.path).unwrap();
+        old.execute_batch(
+            "PRAGMA journal_mode=DELETE; PRAGMA page_size=4096; VACUUM; PRAGMA journal_mode=WAL;
+             CREATE TABLE ballast AS SELECT * FROM notifications; DROP TABLE ballast;",
+        )
+        .unwrap();
+    }
+    assert_eq!(pragma("page_size"), "4096");
+    let free: i64 = pragma("freelist_count").parse().unwrap();
+    assert!(free > 100, "only {free} free pages");
+
+    let done = compact(&config.path).unwrap();
+    assert_eq!((done.page_size_before, done.page_size_after), (4096, 16384));
+    assert_eq!(done.free_pages_before, free);
+    assert_eq!(done.notifications, 1000);
+    assert!(
+        done.bytes_after < done.bytes_before,
+        "{} bytes before, {} after",
+        done.bytes_before,
+        done.bytes_after
+    );
+    assert_eq!(pragma("page_size"), "16384");
+    assert_eq!(pragma("freelist_count"), "0");
+    assert_eq!(pragma("journal_mode"), "wal");
+
+    let store = Store::open(&config, false, Arc::new(Metrics::new()))
+        .await
+        .unwrap();
+    assert_eq!(store.commit(message(20, 1)).await.unwrap().stored, 1);
+    let after = store.list(&Filter::default()).await.unwrap();
+    assert_eq!(after.len(), 1001);
+    assert_eq!(after[..1000], before[..]);
+    store.shutdown().await;
+}

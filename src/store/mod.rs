@@ -30,7 +30,7 @@ use crate::config;
 use crate::ids::{Fingerprint, OrgId};
 use crate::metrics::Metrics;
 
-pub use sqlite::list;
+pub use sqlite::{Compacted, compact, list};
 
 /// Messages waiting for the writer. When it is full, requests wait for room (back-pressure).
 const QUEUE_CAPACITY: usize = 4096;
@@ -110,6 +110,13 @@ pub enum StoreError {
     Unavailable,
     #[error("cannot read the store: {0}")]
     Read(String),
+    #[error(
+        "the store {} is open in another process: stop the receiver (and any obm-gate messages command) first",
+        path.display()
+    )]
+    InUse { path: PathBuf },
+    #[error("cannot compact the store {}: {detail}", path.display())]
+    Compact { path: PathBuf, detail: String },
 }
 
 pub(crate) enum Job {

@@ -243,6 +243,12 @@ impl Writer {
                 self.commit_batch(&mut batch);
             }
         }
+        // Closed before the reply: as its last connection closes, SQLite checkpoints the WAL
+        // into the file and removes it, so a stopped receiver leaves its store in one file, and
+        // `store compact` can start as soon as `shutdown` returns.
+        if let Err((_, e)) = self.conn.close() {
+            tracing::warn!(error = %e, "the store did not close cleanly; its WAL is kept for the next start");
+        }
         if let Some(done) = shutdown {
             tracing::info!("store writer flushed and stopped");
             let _ = done.send(());
@@ -464,6 +470,90 @@ fn requeue_query(which: &Requeue) -> (String, Vec<(&'static str, Value)>) {
          WHERE {condition}"
     );
     (sql, values)
+}
+
+/// What `compact` did to a store file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compacted {
+    /// The file with its WAL, before; the file alone after (the WAL is empty then).
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub page_size_before: i64,
+    pub page_size_after: i64,
+    /// Pages that held nothing (deleted rows, a rebuilt table's old pages), before.
+    pub free_pages_before: i64,
+    pub notifications: i64,
+}
+
+/// Rewrites a store file with no free pages and at the page size new stores get (PAGE_SIZE):
+/// for a store made before 16 KiB pages, or grown by the rebuild of migration 5, whose old
+/// pages stay in the file. Only with the receiver stopped: SQLite leaves WAL mode for the
+/// rewrite, which it allows only with no other connection open, so a running receiver makes it
+/// fail with `InUse` and changes nothing. It needs free disk space of about twice the store
+/// (SQLite's VACUUM writes a copy, then the original's pages through a rollback journal).
+pub fn compact(path: &Path) -> Result<Compacted, StoreError> {
+    let fail = |detail: String| StoreError::Compact {
+        path: path.to_owned(),
+        detail,
+    };
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    let bytes_before = size(path) + size(&wal);
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| fail(e.to_string()))?;
+    let is_store: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'notifications'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| fail(e.to_string()))?;
+    if is_store.is_none() {
+        return Err(fail(
+            "it has no notifications table: not an obm-gate store".into(),
+        ));
+    }
+    let pragma = |name: &str| -> Result<i64, StoreError> {
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+            .map_err(|e| fail(e.to_string()))
+    };
+    let page_size_before = pragma("page_size")?;
+    let free_pages_before = pragma("freelist_count")?;
+    // Out of WAL mode (checkpointing the WAL into the file): SQLite refuses, busy, while another
+    // connection has the file open.
+    match conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get::<_, String>(0)) {
+        Ok(mode) if mode.eq_ignore_ascii_case("delete") => {}
+        Ok(_) => {
+            return Err(StoreError::InUse {
+                path: path.to_owned(),
+            });
+        }
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+            return Err(StoreError::InUse {
+                path: path.to_owned(),
+            });
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    let rewritten = conn.execute_batch(&format!("PRAGMA page_size={PAGE_SIZE}; VACUUM;"));
+    // Back to WAL whatever the VACUUM did; the receiver also sets it when it opens the file.
+    let wal_again = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0));
+    rewritten.map_err(|e| fail(format!("{e} (the store is unchanged)")))?;
+    wal_again.map_err(|e| fail(format!("compacted, but back to WAL mode failed: {e}")))?;
+    let notifications = conn
+        .query_row("SELECT count(*) FROM notifications", [], |r| r.get(0))
+        .map_err(|e| fail(e.to_string()))?;
+    let page_size_after = pragma("page_size")?;
+    drop(conn);
+    Ok(Compacted {
+        bytes_before,
+        bytes_after: size(path) + size(&wal),
+        page_size_before,
+        page_size_after,
+        free_pages_before,
+        notifications,
+    })
 }
 
 /// Reads stored notifications, oldest first, from a store file (read-only; works while the
