@@ -194,11 +194,27 @@ impl Server {
         let forwarder = self
             .forwarder
             .map(|f| tokio::spawn(f.run(stop_forward.clone())));
-        let shutdown = async move {
-            shutdown.await;
-            stop_forward.cancel();
+        // The accept loop runs on a worker, like the connections it spawns: a new connection
+        // then starts in that worker's own queue, where from this thread (outside the runtime's
+        // workers) each accept and each spawn was a wake-up of another thread.
+        let stop_accepting = tokio_util::sync::CancellationToken::new();
+        let mut accepting = tokio::spawn(listener::run(
+            self.state,
+            self.acceptor,
+            listener,
+            grace,
+            stop_accepting.clone().cancelled_owned(),
+        ));
+        let served = tokio::select! {
+            r = &mut accepting => r,
+            () = shutdown => {
+                stop_forward.cancel();
+                stop_accepting.cancel();
+                accepting.await
+            }
         };
-        let served = listener::run(self.state, self.acceptor, listener, grace, shutdown).await;
+        let served = served.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        stop_forward.cancel();
         stop_reload.cancel();
         let _ = reloader.await;
         let _ = admin.await;
