@@ -202,7 +202,8 @@ pub async fn handle(
 /// A request from its head to its answer: in flight while it lives. hyper drops a request
 /// unfinished when its sender closes the connection (say, while the request waits for the
 /// store); the drop still ends it, so the in-flight gauge and the connection's idle clock stay
-/// right, and it is counted and logged as `client_closed` (status 499, as nginx logs it).
+/// right, and it is counted and logged as `client_closed` (status 499, as nginx logs it). A
+/// request cut at the end of the shutdown grace period ends the same way as the process exits.
 struct InFlight<'a> {
     conn: &'a Connection,
     started: Instant,
@@ -238,8 +239,9 @@ impl Drop for InFlight<'_> {
                 outcome = "client_closed",
                 status = 499,
                 duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-                "the sender closed the connection before the answer: nothing was acknowledged; \
-                 what the store commits anyway is counted as duplicates when Salesforce retries"
+                "request ended without an answer: its sender closed the connection (or shutdown \
+                 cut it after the grace period); nothing was acknowledged, so Salesforce resends \
+                 it, and what the store committed anyway is counted then as duplicates"
             );
         }
         conn.hooks.request_finished();
