@@ -235,10 +235,7 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let client = Client::new(proc.addr, &server_cert(dir.path()), Some(&id), None);
     let mut tls = client.connect_raw().await.unwrap();
     let body = message(ORG_A, &[nid(77)]);
-    let head = format!(
-        "POST /obm HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\nSOAPAction: \"\"\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let head = post_head(body.len());
     tls.write_all(head.as_bytes()).await.unwrap();
     tls.write_all(&body[..body.len() / 2]).await.unwrap();
     tls.flush().await.unwrap();

@@ -322,12 +322,9 @@ async fn a_request_whose_sender_hangs_up_is_counted_and_leaves_the_in_flight_gau
     let metrics = &server.state.metrics;
     let body = message(ORG_A, &[nid(2)]);
     let mut conn = client.connect_raw().await.unwrap();
-    let head = format!(
-        "POST /obm HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\n\
-         SOAPAction: \"\"\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(post_head(body.len()).as_bytes())
+        .await
+        .unwrap();
     conn.write_all(&body).await.unwrap();
     conn.flush().await.unwrap();
     eventually("the request in flight", WAIT, || {

@@ -491,6 +491,15 @@ pub fn message(org: &str, ids: &[String]) -> Vec<u8> {
 }
 
 /// A notification ID unique to `n` (18 alphanumerics).
+/// The head of a POST of `len` bytes to /obm, as Salesforce sends it, for tests that write raw
+/// bytes.
+pub fn post_head(len: usize) -> String {
+    format!(
+        "POST /obm HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\n\
+         SOAPAction: \"\"\r\nContent-Length: {len}\r\n\r\n"
+    )
+}
+
 pub fn nid(n: usize) -> String {
     format!("04l{n:015}")
 }
