@@ -6,7 +6,7 @@
 #   ONLY="c d" SERVERS=obm-gate bench/compare.sh   # some scenarios (a b c d e), one server
 #   KEEP=1 bench/compare.sh          # leave both servers running afterwards (for perf), print W
 #   GATE=/tmp/obm-gate-old ONLY=d SERVERS=obm-gate bench/compare.sh   # another obm-gate build (A/B)
-#   ROUNDS=3 bench/compare.sh        # every scenario three times; the report gives medians
+#   ROUNDS=3 bench/compare.sh        # (a)-(d) three times, the report gives medians; (e) once
 #   ORGS=512 PREFILL=30 C_LEVELS=512 ONLY=c bench/compare.sh   # many orgs, a store already full
 #   OBM_GATE_STORE_URL='postgres://postgres@127.0.0.1/test?options=-c%20search_path%3Dobm_bench' \
 #     SERVERS=obm-gate bench/compare.sh   # the PostgreSQL store (the schema must exist and be
@@ -238,7 +238,8 @@ PY
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 # Each run is made on both servers back to back, so a ratio compares two runs seconds apart.
 # With ROUNDS > 1 every run repeats, the server that goes first alternating, and bench/report.py
-# gives the median ratio with its range.
+# gives the median ratio with its range. (e) runs once, after the rounds: a second hold of
+# 10,000 connections would start from the memory the first left to each allocator.
 runs() { # the runs ONLY asks for, in order
   want a && echo a
   want b && echo b
