@@ -159,7 +159,7 @@ enum CertsCommand {
 enum StoreCommand {
     /// Rewrite the store without its free pages, at 16 KiB pages: for a store made before
     /// 16 KiB pages, or grown by a schema upgrade that rebuilt a table. Stop the receiver first;
-    /// it needs free disk space of about twice the store's size.
+    /// it needs free space for a copy in the temporary directory and for a journal beside it.
     Compact {
         #[arg(long)]
         config: Option<PathBuf>,

@@ -92,3 +92,87 @@ async fn a_full_disk_is_503_then_recovers_without_a_restart() {
     assert_eq!(server.stored().len(), 101);
     server.stop().await;
 }
+
+/// `store compact` when the store's filesystem has room for SQLite's small files but not for the
+/// rollback journal the rewrite needs: it fails, says why, and leaves the store as it was; with
+/// room again it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_on_a_full_disk_fails_and_leaves_the_store_as_it_was() {
+    use obm_gate::ids::{Fingerprint, OrgId};
+    use obm_gate::metrics::Metrics;
+    use obm_gate::store::{Filter, NewMessage, NewNotification, Store, StoreError, compact};
+    use std::sync::Arc;
+
+    let root = tempfile::tempdir().unwrap();
+    let fs = SmallFs::mount(&root.path().join("small"), "16m");
+    let mut config = obm_gate::Config::default().store;
+    config.path = fs.0.join("obm-gate.db");
+    let store = Store::open(&config, false, Arc::new(Metrics::new()))
+        .await
+        .unwrap();
+    let description = "z".repeat(1_000);
+    let fields = [("Id", "003xx000004TmiQAAS"), ("Description", &description)];
+    for m in 0..20u64 {
+        let message = NewMessage {
+            org: OrgId::parse(ORG_A).unwrap(),
+            action_id: "04kxx00000000blCAA".into(),
+            certificate: Fingerprint::of_der(b"compact on a full disk"),
+            peer: "127.0.0.1:1".into(),
+            notifications: (0..50)
+                .map(|i| NewNotification::new(&nid(m as usize * 100 + i), "Contact", &fields))
+                .collect(),
+        };
+        assert_eq!(store.commit(message).await.unwrap().stored, 50);
+    }
+    let rows = store.list(&Filter::default()).await.unwrap();
+    store.shutdown().await;
+    drop(store);
+    // An old store: 4 KiB pages, with the pages of a dropped copy of the table free.
+    rusqlite::Connection::open(&config.path)
+        .unwrap()
+        .execute_batch(
+            "PRAGMA journal_mode=DELETE; PRAGMA page_size=4096; VACUUM; PRAGMA journal_mode=WAL;
+             CREATE TABLE ballast AS SELECT * FROM notifications; DROP TABLE ballast;",
+        )
+        .unwrap();
+    let state = || {
+        let conn = rusqlite::Connection::open(&config.path).unwrap();
+        let pragma = |name: &str| -> i64 {
+            conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        (pragma("page_size"), pragma("freelist_count"))
+    };
+    let before = state();
+    assert_eq!(before.0, 4096);
+
+    // Full, but for 256 KiB: enough for the WAL index and an empty WAL, not for the journal.
+    let filler = fs.fill();
+    let full = std::fs::metadata(&filler).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(full.saturating_sub(256 * 1024))
+        .unwrap();
+    match compact(&config.path) {
+        Err(StoreError::Compact { detail, .. }) => {
+            assert!(detail.contains("full"), "{detail}")
+        }
+        other => panic!("compact on a full disk: {other:?}"),
+    }
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(state(), before, "the failed compact changed the store");
+    assert_eq!(
+        obm_gate::store::list(&config.path, &Filter::default()).unwrap(),
+        rows
+    );
+
+    let done = compact(&config.path).unwrap();
+    assert_eq!(done.page_size_after, 16384);
+    assert_eq!(state(), (16384, 0));
+    assert_eq!(
+        obm_gate::store::list(&config.path, &Filter::default()).unwrap(),
+        rows
+    );
+}

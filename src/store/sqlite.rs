@@ -489,8 +489,10 @@ pub struct Compacted {
 /// for a store made before 16 KiB pages, or grown by the rebuild of migration 5, whose old
 /// pages stay in the file. Only with the receiver stopped: SQLite leaves WAL mode for the
 /// rewrite, which it allows only with no other connection open, so a running receiver makes it
-/// fail with `InUse` and changes nothing. It needs free disk space of about twice the store
-/// (SQLite's VACUUM writes a copy, then the original's pages through a rollback journal).
+/// fail with `InUse` and changes nothing. SQLite's VACUUM writes a copy of the store in the
+/// temporary directory (`SQLITE_TMPDIR`, `TMPDIR`, else `/var/tmp`), then writes it over the
+/// file through a rollback journal beside it: it needs free space for both, up to the store's
+/// size each. Out of space, it fails and the journal rolls the file back (tests/faults.rs).
 pub fn compact(path: &Path) -> Result<Compacted, StoreError> {
     let fail = |detail: String| StoreError::Compact {
         path: path.to_owned(),
