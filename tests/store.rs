@@ -100,6 +100,11 @@ async fn compact_rewrites_an_old_store_at_16_kib_pages_and_keeps_every_row() {
     }
     store.shutdown().await;
     drop(store);
+    // A stopped store is one file: closing its connection checkpointed the WAL in.
+    assert!(
+        !config.path.with_extension("db-wal").exists(),
+        "the WAL outlived shutdown"
+    );
 
     let pragma = |name: &str| -> String {
         let conn = rusqlite::Connection::open(&config.path).unwrap();

@@ -490,7 +490,6 @@ pub fn message(org: &str, ids: &[String]) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A notification ID unique to `n` (18 alphanumerics).
 /// The head of a POST of `len` bytes to /obm, as Salesforce sends it, for tests that write raw
 /// bytes.
 pub fn post_head(len: usize) -> String {
@@ -500,6 +499,7 @@ pub fn post_head(len: usize) -> String {
     )
 }
 
+/// A notification ID unique to `n` (18 alphanumerics).
 pub fn nid(n: usize) -> String {
     format!("04l{n:015}")
 }
