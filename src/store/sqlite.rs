@@ -499,19 +499,13 @@ pub fn compact(path: &Path) -> Result<Compacted, StoreError> {
         detail,
     };
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
     let bytes_before = size(path) + size(&wal);
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
         .map_err(|e| fail(e.to_string()))?;
-    let is_store: Option<i64> = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'notifications'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| fail(e.to_string()))?;
-    if is_store.is_none() {
+    if !has_table(&conn, "notifications").map_err(|e| fail(e.to_string()))? {
         return Err(fail(
             "it has no notifications table: not an obm-gate store".into(),
         ));
@@ -524,19 +518,16 @@ pub fn compact(path: &Path) -> Result<Compacted, StoreError> {
     let free_pages_before = pragma("freelist_count")?;
     // Out of WAL mode (checkpointing the WAL into the file): SQLite refuses, busy, while another
     // connection has the file open.
-    match conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get::<_, String>(0)) {
-        Ok(mode) if mode.eq_ignore_ascii_case("delete") => {}
-        Ok(_) => {
-            return Err(StoreError::InUse {
-                path: path.to_owned(),
-            });
-        }
-        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
-            return Err(StoreError::InUse {
-                path: path.to_owned(),
-            });
-        }
+    let left_wal = match conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get::<_, String>(0))
+    {
+        Ok(mode) => mode.eq_ignore_ascii_case("delete"),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => false,
         Err(e) => return Err(fail(e.to_string())),
+    };
+    if !left_wal {
+        return Err(StoreError::InUse {
+            path: path.to_owned(),
+        });
     }
     let rewritten = conn.execute_batch(&format!("PRAGMA page_size={PAGE_SIZE}; VACUUM;"));
     // Back to WAL whatever the VACUUM did; the receiver also sets it when it opens the file.
@@ -558,6 +549,15 @@ pub fn compact(path: &Path) -> Result<Compacted, StoreError> {
     })
 }
 
+/// Whether the store file has this table (a file the receiver never wrote has none).
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [name],
+        |r| r.get(0),
+    )
+}
+
 /// Reads stored notifications, oldest first, from a store file (read-only; works while the
 /// receiver runs).
 pub fn list(path: &Path, filter: &Filter) -> Result<Vec<StoredNotification>, StoreError> {
@@ -566,27 +566,11 @@ pub fn list(path: &Path, filter: &Filter) -> Result<Vec<StoredNotification>, Sto
         Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(read_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(read_err)?;
-    let has_table: Option<i64> = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'notifications'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(read_err)?;
-    if has_table.is_none() {
+    if !has_table(&conn, "notifications").map_err(read_err)? {
         return Ok(Vec::new());
     }
-    let has_forward: bool = conn
-        .query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'forward'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(read_err)?
-        > 0;
     // A store from before forwarding existed has no queue: list it as if it were empty.
-    let forward_table = if has_forward {
+    let forward_table = if has_table(&conn, "forward").map_err(read_err)? {
         "forward"
     } else {
         "(SELECT 0 AS seq, '' AS state, 0 AS attempts, NULL AS last_error WHERE 0)"
