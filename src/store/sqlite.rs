@@ -666,17 +666,24 @@ mod tests {
             .unwrap()
     }
 
+    /// A store file in `dir` as the build that ran only the first `version` migrations left it.
+    fn store_at_version(dir: &Path, version: usize) -> Connection {
+        let conn = Connection::open(dir.join("old.db")).unwrap();
+        for sql in &MIGRATIONS[..version] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", version as i64)
+            .unwrap();
+        conn
+    }
+
     #[test]
     fn a_migration_that_fails_leaves_the_version_and_the_foreign_key_checks_as_they_were() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = Connection::open(dir.path().join("old.db")).unwrap();
-        for sql in &MIGRATIONS[..4] {
-            conn.execute_batch(sql).unwrap();
-        }
+        let mut conn = store_at_version(dir.path(), 4);
         // Migration 5 creates this table: here it is in the way, so the migration fails.
         conn.execute_batch(
-            "PRAGMA user_version = 4; PRAGMA foreign_keys = ON;
-             CREATE TABLE notifications_rekeyed (x INTEGER)",
+            "PRAGMA foreign_keys = ON; CREATE TABLE notifications_rekeyed (x INTEGER)",
         )
         .unwrap();
 
@@ -698,11 +705,7 @@ mod tests {
     #[test]
     fn a_store_from_an_older_schema_migrates_and_keeps_its_rows_and_its_unique_key() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = Connection::open(dir.path().join("old.db")).unwrap();
-        for sql in &MIGRATIONS[..3] {
-            conn.execute_batch(sql).unwrap();
-        }
-        conn.execute_batch("PRAGMA user_version = 3").unwrap();
+        let mut conn = store_at_version(dir.path(), 3);
         let insert = "INSERT INTO notifications (org_id, notification_id, action_id, object_type,
                           fields, received_at, certificate_sha256, peer_addr)
                       VALUES ('00Dxx0000001gPFEAY', '04l000000000000001', 'a', 'Contact', '{}',
