@@ -127,21 +127,12 @@ async fn compact_on_a_full_disk_fails_and_leaves_the_store_as_it_was() {
     let rows = store.list(&Filter::default()).await.unwrap();
     store.shutdown().await;
     drop(store);
-    // An old store: 4 KiB pages, with the pages of a dropped copy of the table free.
-    rusqlite::Connection::open(&config.path)
-        .unwrap()
-        .execute_batch(
-            "PRAGMA journal_mode=DELETE; PRAGMA page_size=4096; VACUUM; PRAGMA journal_mode=WAL;
-             CREATE TABLE ballast AS SELECT * FROM notifications; DROP TABLE ballast;",
+    age_store(&config.path);
+    let state = || -> (i64, i64) {
+        (
+            pragma(&config.path, "page_size"),
+            pragma(&config.path, "freelist_count"),
         )
-        .unwrap();
-    let state = || {
-        let conn = rusqlite::Connection::open(&config.path).unwrap();
-        let pragma = |name: &str| -> i64 {
-            conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
-                .unwrap()
-        };
-        (pragma("page_size"), pragma("freelist_count"))
     };
     let before = state();
     assert_eq!(before.0, 4096);

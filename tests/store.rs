@@ -1,7 +1,10 @@
 //! The SQLite store on a real file: what the request path does not show.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{age_store, pragma};
 use obm_gate::ids::{Fingerprint, OrgId};
 use obm_gate::metrics::Metrics;
 use obm_gate::store::{NewMessage, NewNotification, Store};
@@ -106,28 +109,9 @@ async fn compact_rewrites_an_old_store_at_16_kib_pages_and_keeps_every_row() {
         "the WAL outlived shutdown"
     );
 
-    let pragma = |name: &str| -> String {
-        let conn = rusqlite::Connection::open(&config.path).unwrap();
-        conn.query_row(&format!("PRAGMA {name}"), [], |r| {
-            r.get::<_, rusqlite::types::Value>(0)
-        })
-        .map(|v| match v {
-            rusqlite::types::Value::Integer(i) => i.to_string(),
-            rusqlite::types::Value::Text(t) => t,
-            other => format!("{other:?}"),
-        })
-        .unwrap()
-    };
-    {
-        let old = rusqlite::Connection::open(&config.path).unwrap();
-        old.execute_batch(
-            "PRAGMA journal_mode=DELETE; PRAGMA page_size=4096; VACUUM; PRAGMA journal_mode=WAL;
-             CREATE TABLE ballast AS SELECT * FROM notifications; DROP TABLE ballast;",
-        )
-        .unwrap();
-    }
-    assert_eq!(pragma("page_size"), "4096");
-    let free: i64 = pragma("freelist_count").parse().unwrap();
+    age_store(&config.path);
+    assert_eq!(pragma::<i64>(&config.path, "page_size"), 4096);
+    let free: i64 = pragma(&config.path, "freelist_count");
     assert!(free > 100, "only {free} free pages");
 
     let done = compact(&config.path).unwrap();
@@ -140,9 +124,9 @@ async fn compact_rewrites_an_old_store_at_16_kib_pages_and_keeps_every_row() {
         done.bytes_before,
         done.bytes_after
     );
-    assert_eq!(pragma("page_size"), "16384");
-    assert_eq!(pragma("freelist_count"), "0");
-    assert_eq!(pragma("journal_mode"), "wal");
+    assert_eq!(pragma::<i64>(&config.path, "page_size"), 16384);
+    assert_eq!(pragma::<i64>(&config.path, "freelist_count"), 0);
+    assert_eq!(pragma::<String>(&config.path, "journal_mode"), "wal");
 
     let store = Store::open(&config, false, Arc::new(Metrics::new()))
         .await

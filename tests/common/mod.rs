@@ -490,6 +490,26 @@ pub fn message(org: &str, ids: &[String]) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Makes a stopped SQLite store look like one from before 16 KiB pages that a rebuilt table
+/// grew: 4 KiB pages, and the pages of a dropped copy of the notifications table free.
+pub fn age_store(path: &Path) {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute_batch(
+            "PRAGMA journal_mode=DELETE; PRAGMA page_size=4096; VACUUM; PRAGMA journal_mode=WAL;
+             CREATE TABLE ballast AS SELECT * FROM notifications; DROP TABLE ballast;",
+        )
+        .unwrap();
+}
+
+/// One PRAGMA's value, read from a store file on a connection of its own.
+pub fn pragma<T: rusqlite::types::FromSql>(path: &Path, name: &str) -> T {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+        .unwrap()
+}
+
 /// The head of a POST of `len` bytes to /obm, as Salesforce sends it, for tests that write raw
 /// bytes.
 pub fn post_head(len: usize) -> String {
