@@ -6,7 +6,9 @@
 //! acknowledged before the store has committed.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -55,6 +57,21 @@ pub struct Connection {
     pub peer: SocketAddr,
     pub identity: ClientIdentity,
     pub hooks: Arc<dyn RequestHooks>,
+}
+
+/// hyper's service for one connection: every request goes through [`handle`]. Its future is
+/// boxed because hyper keeps room for one request's future for the connection's whole life, and
+/// the request path's future is kilobytes; an idle connection holds only the pointer.
+pub struct Service(pub Arc<Connection>);
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        Box::pin(handle(req, self.0.clone()))
+    }
 }
 
 /// Why a request was not acknowledged.

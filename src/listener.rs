@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -111,16 +110,65 @@ impl Drop for OpenGuard {
     }
 }
 
+/// One connection: the handshake, then HTTP/1.1 until the client leaves, a timeout fires, or
+/// shutdown has let the in-flight request finish.
+///
+/// Laid out for an idle connection's memory, which is mostly this task's future and hyper's
+/// buffers (BENCHMARKS.md, (e)): the handshake is its own future, whose room hyper's connection
+/// reuses once it is done; hyper's connection is built by a plain function and driven in place
+/// (it is `Unpin`), neither moved into `pin!` nor passed by value into another `async fn`,
+/// each of which would keep a second copy for the connection's whole life.
 async fn connection(
     state: Arc<AppState>,
     acceptor: TlsAcceptor,
-    mut tcp: TcpStream,
-    mut peer: SocketAddr,
+    tcp: TcpStream,
+    peer: SocketAddr,
     stop: CancellationToken,
 ) {
     state.metrics.open_connections.inc();
     let _open = OpenGuard(state.clone());
-    let limits = state.config.limits.clone();
+    let Some((stream, identity, peer)) = establish(&state, &acceptor, tcp, peer, &stop).await
+    else {
+        return;
+    };
+    let limits = &state.config.limits;
+    let activity = Arc::new(Activity::new());
+    let mut served = http_connection(&state, stream, identity, peer, &activity);
+    let mut tick = tokio::time::interval(watchdog_period(limits));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = &mut served => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = tick.tick() => {
+                if let Some(why) = activity.expired(limits) {
+                    tracing::debug!(peer = %peer, reason = why, "closing connection");
+                    return;
+                }
+            }
+            _ = stop.cancelled(), if !draining => {
+                draining = true;
+                Pin::new(&mut served).graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// The PROXY header, if configured, and the TLS handshake: the client's stream and identity,
+/// or `None` (refused and logged, or shutdown came first).
+async fn establish(
+    state: &AppState,
+    acceptor: &TlsAcceptor,
+    mut tcp: TcpStream,
+    mut peer: SocketAddr,
+    stop: &CancellationToken,
+) -> Option<(tls::ServerStream, tls::ClientIdentity, SocketAddr)> {
+    let limits = &state.config.limits;
     if state.config.listen.proxy_protocol {
         let read = tokio::time::timeout(limits.handshake_timeout, proxy::read_header(&mut tcp));
         match read.await {
@@ -129,25 +177,25 @@ async fn connection(
             Ok(Err(e)) => {
                 state.metrics.handshake("refused", "proxy_protocol");
                 tracing::warn!(peer = %peer, reason = "proxy_protocol", "connection refused: {e}");
-                return;
+                return None;
             }
             Err(_) => {
                 state.metrics.handshake("refused", "proxy_protocol");
                 tracing::warn!(peer = %peer, reason = "proxy_protocol", "connection refused: no PROXY header in time");
-                return;
+                return None;
             }
         }
     }
     let handshake = tokio::select! {
-        r = tls::accept(&acceptor, tcp, limits.handshake_timeout) => r,
-        _ = stop.cancelled() => return,
+        r = tls::accept(acceptor, tcp, limits.handshake_timeout) => r,
+        _ = stop.cancelled() => return None,
     };
     let (stream, identity) = match handshake {
         Ok(ok) => ok,
         Err(refusal) => {
             state.metrics.handshake("refused", refusal.label());
             tracing::warn!(peer = %peer, reason = refusal.label(), "handshake refused: {refusal}");
-            return;
+            return None;
         }
     };
     state.metrics.handshake("accepted", "ok");
@@ -158,20 +206,28 @@ async fn connection(
         cipher = %identity.cipher,
         "handshake accepted"
     );
+    Some((stream, identity, peer))
+}
 
-    let activity = Arc::new(Activity::new());
-    let conn = Arc::new(http::Connection {
+/// hyper's HTTP/1.1 connection over the established stream, serving [`http::handle`].
+fn http_connection(
+    state: &Arc<AppState>,
+    stream: tls::ServerStream,
+    identity: tls::ClientIdentity,
+    peer: SocketAddr,
+    activity: &Arc<Activity>,
+) -> http1::Connection<TokioIo<ActivityIo>, http::Service> {
+    let service = http::Service(Arc::new(http::Connection {
         state: state.clone(),
         peer,
         identity,
         hooks: activity.clone(),
-    });
-    let service = service_fn(move |req| http::handle(req, conn.clone()));
+    }));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         // hyper's own header timer also runs while a keep-alive connection is idle; the
-        // watchdog below keeps the two limits apart.
+        // watchdog in `connection` keeps the two limits apart.
         .header_read_timeout(None)
         .keep_alive(true)
         .max_header_size(MAX_HEADER_BYTES);
@@ -179,31 +235,7 @@ async fn connection(
         inner: stream,
         activity: activity.clone(),
     });
-    let served = builder.serve_connection(io, service);
-    tokio::pin!(served);
-    let mut tick = tokio::time::interval(watchdog_period(&limits));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            r = served.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            _ = tick.tick() => {
-                if let Some(why) = activity.expired(&limits) {
-                    tracing::debug!(peer = %peer, reason = why, "closing connection");
-                    return;
-                }
-            }
-            _ = stop.cancelled(), if !draining => {
-                draining = true;
-                served.as_mut().graceful_shutdown();
-            }
-        }
-    }
+    builder.serve_connection(io, service)
 }
 
 /// How often a connection checks its timeouts: a quarter of the shortest, within 20 ms..1 s.
@@ -327,5 +359,33 @@ impl AsyncWrite for ActivityIo {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(Arc<AppState>, TlsAcceptor, TcpStream, SocketAddr, CancellationToken) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every open connection holds this future for its whole life; with 10,000 idle ones it is
+    /// much of what the process holds besides hyper's buffers. It was 3,744 bytes while
+    /// hyper's connection was moved into `tokio::pin!`, which kept two copies of it; 2,168
+    /// since (rustc 1.95). Handing the stream to an `async fn` that builds and drives hyper's
+    /// connection made it 6,784: a parameter keeps its room for the function's whole life.
+    #[test]
+    fn a_connection_task_holds_one_copy_of_its_state() {
+        let size = future_size(connection);
+        assert!(
+            size <= 3 * 1024,
+            "the connection future is {size} bytes; something large is kept twice (an \
+             `async fn` parameter, a moved local, a `pin!`), and every idle connection pays it"
+        );
     }
 }
