@@ -93,6 +93,32 @@ async fn postgres_acks_dedupes_group_commits_and_survives_an_outage() {
     server.stop().await;
 }
 
+/// `store compact` rewrites the SQLite file; with PostgreSQL configured it is a usage error that
+/// says so (exit 64), and it creates no SQLite file.
+#[tokio::test]
+async fn store_compact_with_postgres_configured_is_a_usage_error() {
+    let url = schema(PG).await;
+    let dir = workdir();
+    let out = tokio::process::Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["store", "compact", "--config", "obm-gate.toml"])
+        .env("OBM_GATE_STORE_URL", &url)
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(obm_gate::cli::EXIT_CONFIG)),
+        "{err}"
+    );
+    assert!(err.contains("applies to the SQLite store"), "{err}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "compact created the SQLite store"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_receiver_processes_share_one_postgres_and_dedupe_across_them() {
     let url = schema(PG).await;
