@@ -17,15 +17,13 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::hash::HashAlgorithm;
-use rustls::crypto::tls13::HkdfUsingHmac;
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, aws_lc_rs, hmac};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, aws_lc_rs};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    CertificateError, CipherSuiteCommon, DigitallySignedStruct, DistinguishedName, OtherError,
-    RootCertStore, ServerConfig, SignatureScheme, SupportedCipherSuite, Tls13CipherSuite,
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    ServerConfig, SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, SubjectPublicKeyInfoDer, UnixTime};
@@ -456,85 +454,7 @@ fn server_provider() -> Arc<CryptoProvider> {
             .position(|f| *f == s.suite())
             .unwrap_or(first.len())
     });
-    for suite in &mut provider.cipher_suites {
-        if let SupportedCipherSuite::Tls13(s) = suite {
-            *suite = SupportedCipherSuite::Tls13(with_hkdf_over_hmac(s));
-        }
-    }
     Arc::new(provider)
-}
-
-/// The TLS 1.3 suite `suite` with its key schedule's HKDF computed by rustls's `HkdfUsingHmac`
-/// over aws-lc's HMAC, instead of by aws-lc-rs's HKDF. aws-lc-rs keeps an extracted key as
-/// its inputs (secret and salt) and runs the whole HKDF, extract and expand, again for each
-/// label expanded from it; a TLS 1.3 handshake expands about twenty. `HkdfUsingHmac` extracts
-/// once and keeps the HMAC key ready: callgrind counted 290,000 instructions of HKDF per server
-/// handshake before (BENCHMARKS.md). Same RFC 5869 output, same hashes, same AEADs.
-fn with_hkdf_over_hmac(suite: &'static Tls13CipherSuite) -> &'static Tls13CipherSuite {
-    static SUITES: std::sync::OnceLock<Vec<Tls13CipherSuite>> = std::sync::OnceLock::new();
-    let suites = SUITES.get_or_init(|| {
-        aws_lc_rs::ALL_CIPHER_SUITES
-            .iter()
-            .filter_map(|s| match s {
-                SupportedCipherSuite::Tls13(s) => Some(Tls13CipherSuite {
-                    common: CipherSuiteCommon {
-                        suite: s.common.suite,
-                        hash_provider: s.common.hash_provider,
-                        confidentiality_limit: s.common.confidentiality_limit,
-                    },
-                    hkdf_provider: match s.common.hash_provider.algorithm() {
-                        HashAlgorithm::SHA256 => &HKDF_SHA256,
-                        HashAlgorithm::SHA384 => &HKDF_SHA384,
-                        _ => s.hkdf_provider,
-                    },
-                    aead_alg: s.aead_alg,
-                    quic: s.quic,
-                }),
-                SupportedCipherSuite::Tls12(_) => None,
-            })
-            .collect()
-    });
-    suites
-        .iter()
-        .find(|s| s.common.suite == suite.common.suite)
-        .unwrap_or(suite)
-}
-
-static HKDF_SHA256: HkdfUsingHmac<'static> = HkdfUsingHmac(&HMAC_SHA256);
-static HKDF_SHA384: HkdfUsingHmac<'static> = HkdfUsingHmac(&HMAC_SHA384);
-static HMAC_SHA256: AwsLcHmac = AwsLcHmac(::aws_lc_rs::hmac::HMAC_SHA256);
-static HMAC_SHA384: AwsLcHmac = AwsLcHmac(::aws_lc_rs::hmac::HMAC_SHA384);
-
-/// rustls's HMAC interface over aws-lc-rs's HMAC (rustls has the same, but not public).
-struct AwsLcHmac(::aws_lc_rs::hmac::Algorithm);
-
-impl hmac::Hmac for AwsLcHmac {
-    fn with_key(&self, key: &[u8]) -> Box<dyn hmac::Key> {
-        Box::new(AwsLcHmacKey(::aws_lc_rs::hmac::Key::new(self.0, key)))
-    }
-
-    fn hash_output_len(&self) -> usize {
-        self.0.digest_algorithm().output_len()
-    }
-}
-
-/// A key whose HMAC state (the padded key, hashed) is computed once; each tag starts from a copy.
-struct AwsLcHmacKey(::aws_lc_rs::hmac::Key);
-
-impl hmac::Key for AwsLcHmacKey {
-    fn sign_concat(&self, first: &[u8], middle: &[&[u8]], last: &[u8]) -> hmac::Tag {
-        let mut ctx = ::aws_lc_rs::hmac::Context::with_key(&self.0);
-        ctx.update(first);
-        for part in middle {
-            ctx.update(part);
-        }
-        ctx.update(last);
-        hmac::Tag::new(ctx.sign().as_ref())
-    }
-
-    fn tag_len(&self) -> usize {
-        self.0.algorithm().digest_algorithm().output_len()
-    }
 }
 
 /// The client-certificate verifier backed by the registry.
@@ -699,98 +619,5 @@ impl ClientCertVerifier for RegistryVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rustls::crypto::tls13::Hkdf;
-
-    fn unhex(s: &str) -> Vec<u8> {
-        hex::decode(s).unwrap()
-    }
-
-    /// RFC 5869, test case 1 (SHA-256), through the key schedule's HKDF.
-    #[test]
-    fn hkdf_over_hmac_gives_the_rfc_5869_output() {
-        let ikm = [0x0b; 22];
-        let salt = unhex("000102030405060708090a0b0c");
-        let info = unhex("f0f1f2f3f4f5f6f7f8f9");
-        let mut okm = [0u8; 42];
-        HKDF_SHA256
-            .extract_from_secret(Some(&salt), &ikm)
-            .expand_slice(&[&info], &mut okm)
-            .unwrap();
-        assert_eq!(
-            hex::encode(okm),
-            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
-        );
-    }
-
-    /// Every TLS 1.3 suite the server offers expands, and signs the Finished MAC, exactly as
-    /// aws-lc-rs's own HKDF would: one-block and several-block outputs, both extracts.
-    #[test]
-    fn the_servers_tls13_suites_expand_like_aws_lc_rs() {
-        let secret = [7u8; 48];
-        let salt = [9u8; 48];
-        let mut checked = 0;
-        let provider = server_provider();
-        let pairs = provider.cipher_suites.iter().filter_map(|ours| {
-            let SupportedCipherSuite::Tls13(ours) = ours else {
-                return None;
-            };
-            aws_lc_rs::ALL_CIPHER_SUITES.iter().find_map(|s| match s {
-                SupportedCipherSuite::Tls13(s) if s.common.suite == ours.common.suite => {
-                    Some((*ours, *s))
-                }
-                _ => None,
-            })
-        });
-        for (suite, original) in pairs {
-            let len = suite.common.hash_provider.output_len();
-            for out_len in [len, 3 * len + 5] {
-                let expand = |h: &dyn Hkdf, zero: bool| {
-                    let x = if zero {
-                        h.extract_from_zero_ikm(Some(&salt[..len]))
-                    } else {
-                        h.extract_from_secret(Some(&salt[..len]), &secret[..len])
-                    };
-                    let mut out = vec![0u8; out_len];
-                    x.expand_slice(&[b"tls13 ", b"label"], &mut out).unwrap();
-                    out
-                };
-                for zero in [false, true] {
-                    assert_eq!(
-                        expand(suite.hkdf_provider, zero),
-                        expand(original.hkdf_provider, zero),
-                        "{:?}",
-                        suite.common.suite
-                    );
-                }
-            }
-            // The Finished message's MAC.
-            let key = rustls::crypto::tls13::OkmBlock::new(&secret[..len]);
-            assert_eq!(
-                suite
-                    .hkdf_provider
-                    .hmac_sign(&key, b"transcript hash")
-                    .as_ref(),
-                original
-                    .hkdf_provider
-                    .hmac_sign(&key, b"transcript hash")
-                    .as_ref()
-            );
-            assert!(
-                !std::ptr::addr_eq(suite.hkdf_provider, original.hkdf_provider),
-                "{:?} still uses aws-lc-rs's HKDF",
-                suite.common.suite
-            );
-            checked += 1;
-        }
-        assert_eq!(
-            checked, 3,
-            "the TLS 1.3 suites: AES-128-GCM, AES-256-GCM, ChaCha20"
-        );
     }
 }
