@@ -29,12 +29,14 @@ impl SmallFs {
         SmallFs(at.to_owned())
     }
 
-    /// Writes a filler file until the filesystem is full.
-    fn fill(&self) -> PathBuf {
+    /// Writes a filler file until the filesystem is full, then gives back `room` bytes of it.
+    fn fill(&self, room: u64) -> PathBuf {
         let path = self.0.join("filler");
         let mut f = std::fs::File::create(&path).unwrap();
         let chunk = vec![0u8; 4096];
         while f.write_all(&chunk).is_ok() {}
+        let full = f.metadata().unwrap().len();
+        f.set_len(full.saturating_sub(room)).unwrap();
         let _ = f.sync_all();
         path
     }
@@ -70,7 +72,7 @@ async fn a_full_disk_is_503_then_recovers_without_a_restart() {
     client.ack(ORG_A, &[nid(1)]).await;
     assert_eq!(admin_get(&server.state, "/readyz").await.0, 200);
 
-    let filler = fs.fill();
+    let filler = fs.fill(0);
     let reply = client.post(&big_message(1000)).await.unwrap();
     assert_eq!(reply.status, 503, "{reply:?}");
     assert!(reply.body.contains("<faultcode>soapenv:Server</faultcode>"));
@@ -98,9 +100,8 @@ async fn a_full_disk_is_503_then_recovers_without_a_restart() {
 /// room again it succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_on_a_full_disk_fails_and_leaves_the_store_as_it_was() {
-    use obm_gate::ids::{Fingerprint, OrgId};
     use obm_gate::metrics::Metrics;
-    use obm_gate::store::{Filter, NewMessage, NewNotification, Store, StoreError, compact};
+    use obm_gate::store::{Filter, Store, StoreError, compact};
     use std::sync::Arc;
 
     let root = tempfile::tempdir().unwrap();
@@ -110,19 +111,15 @@ async fn compact_on_a_full_disk_fails_and_leaves_the_store_as_it_was() {
     let store = Store::open(&config, false, Arc::new(Metrics::new()))
         .await
         .unwrap();
-    let description = "z".repeat(1_000);
-    let fields = [("Id", "003xx000004TmiQAAS"), ("Description", &description)];
-    for m in 0..20u64 {
-        let message = NewMessage {
-            org: OrgId::parse(ORG_A).unwrap(),
-            action_id: "04kxx00000000blCAA".into(),
-            certificate: Fingerprint::of_der(b"compact on a full disk"),
-            peer: "127.0.0.1:1".into(),
-            notifications: (0..50)
-                .map(|i| NewNotification::new(&nid(m as usize * 100 + i), "Contact", &fields))
-                .collect(),
-        };
-        assert_eq!(store.commit(message).await.unwrap().stored, 50);
+    for m in 0..20 {
+        assert_eq!(
+            store
+                .commit(wide_message(m * 100, 50, 1_000))
+                .await
+                .unwrap()
+                .stored,
+            50
+        );
     }
     let rows = store.list(&Filter::default()).await.unwrap();
     store.shutdown().await;
@@ -138,14 +135,7 @@ async fn compact_on_a_full_disk_fails_and_leaves_the_store_as_it_was() {
     assert_eq!(before.0, 4096);
 
     // Full, but for 256 KiB: enough for the WAL index and an empty WAL, not for the journal.
-    let filler = fs.fill();
-    let full = std::fs::metadata(&filler).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&filler)
-        .unwrap()
-        .set_len(full.saturating_sub(256 * 1024))
-        .unwrap();
+    let filler = fs.fill(256 * 1024);
     match compact(&config.path) {
         Err(StoreError::Compact { detail, .. }) => {
             assert!(detail.contains("full"), "{detail}")

@@ -4,10 +4,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{age_store, pragma};
-use obm_gate::ids::{Fingerprint, OrgId};
+use common::{age_store, pragma, wide_message};
 use obm_gate::metrics::Metrics;
-use obm_gate::store::{NewMessage, NewNotification, Store};
+use obm_gate::store::Store;
 
 /// The WAL is checkpointed back into the database file as it grows (SQLite's automatic
 /// checkpoint, set to every 4 MB of WAL, inside the writer's commit). Write a burst of 30 MB: the
@@ -29,22 +28,16 @@ async fn the_wal_is_checkpointed_and_stays_bounded() {
     };
     let empty = db_len();
 
-    let org = OrgId::parse("00Dxx0000001gPFEAY").unwrap();
-    let description = "x".repeat(2_000);
-    let fields = [("Id", "003xx000004TmiQAAS"), ("Description", &description)];
     // 150 messages × 100 notifications × ~2 KB.
-    for m in 0..150u64 {
-        let notifications = (0..100u64)
-            .map(|i| NewNotification::new(&format!("04l{:015}", m * 100 + i), "Contact", &fields))
-            .collect();
-        let message = NewMessage {
-            org,
-            action_id: "04kxx00000000blCAA".into(),
-            certificate: Fingerprint::of_der(b"store test"),
-            peer: "127.0.0.1:1".into(),
-            notifications,
-        };
-        assert_eq!(store.commit(message).await.unwrap().stored, 100);
+    for m in 0..150 {
+        assert_eq!(
+            store
+                .commit(wide_message(m * 100, 100, 2_000))
+                .await
+                .unwrap()
+                .stored,
+            100
+        );
     }
 
     let stored = 150 * 100 * 2_000;
@@ -78,23 +71,18 @@ async fn compact_rewrites_an_old_store_at_16_kib_pages_and_keeps_every_row() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = obm_gate::Config::default().store;
     config.path = dir.path().join("obm-gate.db");
-    let org = OrgId::parse("00Dxx0000001gPFEAY").unwrap();
-    let description = "y".repeat(1_000);
-    let fields = [("Id", "003xx000004TmiQAAS"), ("Description", &description)];
-    let message = |m: u64, count: u64| NewMessage {
-        org,
-        action_id: "04kxx00000000blCAA".into(),
-        certificate: Fingerprint::of_der(b"compact test"),
-        peer: "127.0.0.1:1".into(),
-        notifications: (0..count)
-            .map(|i| NewNotification::new(&format!("04l{:015}", m * 100 + i), "Contact", &fields))
-            .collect(),
-    };
     let store = Store::open(&config, false, Arc::new(Metrics::new()))
         .await
         .unwrap();
     for m in 0..20 {
-        assert_eq!(store.commit(message(m, 50)).await.unwrap().stored, 50);
+        assert_eq!(
+            store
+                .commit(wide_message(m * 100, 50, 1_000))
+                .await
+                .unwrap()
+                .stored,
+            50
+        );
     }
     let before = store.list(&Filter::default()).await.unwrap();
     match compact(&config.path) {
@@ -131,7 +119,14 @@ async fn compact_rewrites_an_old_store_at_16_kib_pages_and_keeps_every_row() {
     let store = Store::open(&config, false, Arc::new(Metrics::new()))
         .await
         .unwrap();
-    assert_eq!(store.commit(message(20, 1)).await.unwrap().stored, 1);
+    assert_eq!(
+        store
+            .commit(wide_message(2_000, 1, 1_000))
+            .await
+            .unwrap()
+            .stored,
+        1
+    );
     let after = store.list(&Filter::default()).await.unwrap();
     assert_eq!(after.len(), 1001);
     assert_eq!(after[..1000], before[..]);

@@ -490,6 +490,30 @@ pub fn message(org: &str, ids: &[String]) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A message for the store's own API, from ORG_A: `count` notifications numbered from `first`,
+/// each with an `Id` and a `Description` of `description_len` bytes.
+pub fn wide_message(
+    first: usize,
+    count: usize,
+    description_len: usize,
+) -> obm_gate::store::NewMessage {
+    use obm_gate::store::NewNotification;
+    let description = "x".repeat(description_len);
+    let fields = [
+        ("Id", "003xx000004TmiQAAS"),
+        ("Description", description.as_str()),
+    ];
+    obm_gate::store::NewMessage {
+        org: obm_gate::ids::OrgId::parse(ORG_A).unwrap(),
+        action_id: "04kxx00000000blCAA".into(),
+        certificate: obm_gate::ids::Fingerprint::of_der(b"store test"),
+        peer: "127.0.0.1:1".into(),
+        notifications: (first..first + count)
+            .map(|i| NewNotification::new(&nid(i), "Contact", &fields))
+            .collect(),
+    }
+}
+
 /// Makes a stopped SQLite store look like one from before 16 KiB pages that a rebuilt table
 /// grew: 4 KiB pages, and the pages of a dropped copy of the notifications table free.
 pub fn age_store(path: &Path) {
