@@ -100,27 +100,11 @@ async fn a_full_disk_is_503_then_recovers_without_a_restart() {
 /// room again it succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_on_a_full_disk_fails_and_leaves_the_store_as_it_was() {
-    use obm_gate::metrics::Metrics;
-    use obm_gate::store::{Filter, Store, StoreError, compact};
-    use std::sync::Arc;
+    use obm_gate::store::{Filter, StoreError, compact};
 
     let root = tempfile::tempdir().unwrap();
     let fs = SmallFs::mount(&root.path().join("small"), "16m");
-    let mut config = obm_gate::Config::default().store;
-    config.path = fs.0.join("obm-gate.db");
-    let store = Store::open(&config, false, Arc::new(Metrics::new()))
-        .await
-        .unwrap();
-    for m in 0..20 {
-        assert_eq!(
-            store
-                .commit(wide_message(m * 100, 50, 1_000))
-                .await
-                .unwrap()
-                .stored,
-            50
-        );
-    }
+    let (store, config) = filled_store(&fs.0.join("obm-gate.db")).await;
     let rows = store.list(&Filter::default()).await.unwrap();
     store.shutdown().await;
     drop(store);

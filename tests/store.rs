@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{age_store, pragma, wide_message};
+use common::{age_store, filled_store, pragma, wide_message};
 use obm_gate::metrics::Metrics;
 use obm_gate::store::Store;
 
@@ -69,21 +69,7 @@ async fn the_wal_is_checkpointed_and_stays_bounded() {
 async fn compact_rewrites_an_old_store_at_16_kib_pages_and_keeps_every_row() {
     use obm_gate::store::{Filter, StoreError, compact};
     let dir = tempfile::tempdir().unwrap();
-    let mut config = obm_gate::Config::default().store;
-    config.path = dir.path().join("obm-gate.db");
-    let store = Store::open(&config, false, Arc::new(Metrics::new()))
-        .await
-        .unwrap();
-    for m in 0..20 {
-        assert_eq!(
-            store
-                .commit(wide_message(m * 100, 50, 1_000))
-                .await
-                .unwrap()
-                .stored,
-            50
-        );
-    }
+    let (store, config) = filled_store(&dir.path().join("obm-gate.db")).await;
     let before = store.list(&Filter::default()).await.unwrap();
     match compact(&config.path) {
         Err(StoreError::InUse { .. }) => {}

@@ -514,6 +514,25 @@ pub fn wide_message(
     }
 }
 
+/// The SQLite store at `path`, open, with 20 messages of 50 notifications (1 KB descriptions)
+/// committed: enough pages for the compact tests. Returns its config too, to reopen it.
+pub async fn filled_store(path: &Path) -> (obm_gate::store::Store, obm_gate::config::Store) {
+    let mut config = Config::default().store;
+    config.path = path.to_owned();
+    let store =
+        obm_gate::store::Store::open(&config, false, Arc::new(obm_gate::metrics::Metrics::new()))
+            .await
+            .unwrap();
+    for m in 0..20 {
+        let stored = store
+            .commit(wide_message(m * 100, 50, 1_000))
+            .await
+            .unwrap();
+        assert_eq!(stored.stored, 50);
+    }
+    (store, config)
+}
+
 /// Makes a stopped SQLite store look like one from before 16 KiB pages that a rebuilt table
 /// grew: 4 KiB pages, and the pages of a dropped copy of the notifications table free.
 pub fn age_store(path: &Path) {
