@@ -571,8 +571,10 @@ fn serve(config_path: Option<&Path>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("obm-gate: {e:#}");
+            // Not `{e:#}`: every error here already ends with the text of its cause, and
+            // anyhow's chain would repeat it once per level.
+            tracing::error!("{e}");
+            eprintln!("obm-gate: {e}");
             ExitCode::FAILURE
         }
     }

@@ -73,6 +73,34 @@ fn an_invalid_config_exits_64_naming_every_bad_key() {
     assert!(!dir.path().join("certs").exists() && !dir.path().join("data").exists());
 }
 
+#[test]
+fn a_start_that_fails_says_why_once_and_exits_1() {
+    // No registry directory: the receiver cannot start.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("OBM_GATE_LISTEN_ADDRESS", "127.0.0.1:0")
+        .env("OBM_GATE_ADMIN_ADDRESS", "127.0.0.1:0")
+        .env("OBM_GATE_REGISTRY_DIRECTORY", "no-such-dir")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let said = err
+        .lines()
+        .filter(|l| l.starts_with("obm-gate: "))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        said,
+        [
+            "obm-gate: registry: cannot read the registry directory no-such-dir: \
+          No such file or directory (os error 2)"
+        ],
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn fresh_start_creates_a_dev_certificate_and_logs_refusals() {
     let dir = workdir();
