@@ -118,3 +118,71 @@ async fn compact_rewrites_an_old_store_at_16_kib_pages_and_keeps_every_row() {
     assert_eq!(after[..1000], before[..]);
     store.shutdown().await;
 }
+
+/// `messages list --since` starts its walk at the first seq stored in the minute of the time:
+/// the writer gives every minute in which it stores notifications a row naming the lowest seq
+/// stored in it, and the list is what a scan of the whole table finds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_minute_of_stored_notifications_names_its_first_seq_for_since() {
+    use obm_gate::store::Filter;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, config) = filled_store(&dir.path().join("obm-gate.db")).await;
+    // And some committed together, sharing group commits.
+    let store = Arc::new(store);
+    let together: Vec<_> = (0..16)
+        .map(|m| {
+            let store = store.clone();
+            tokio::spawn(async move { store.commit(wide_message(10_000 + m * 10, 10, 100)).await })
+        })
+        .collect();
+    for stored in together {
+        assert_eq!(stored.await.unwrap().unwrap().stored, 10);
+    }
+
+    let conn = rusqlite::Connection::open(&config.path).unwrap();
+    let query = |sql: &str| -> Vec<(String, i64)> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let minutes = query("SELECT minute, first_seq FROM received_minutes ORDER BY minute");
+    let want = query(
+        "SELECT substr(received_at, 1, 16), min(seq) FROM notifications GROUP BY 1 ORDER BY 1",
+    );
+    assert!(!want.is_empty());
+    assert_eq!(minutes, want);
+
+    // Since the time of the 11th commit.
+    let (at, seq): (String, i64) = conn
+        .query_row(
+            "SELECT received_at, seq FROM notifications ORDER BY seq LIMIT 1 OFFSET 500",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let filter = Filter {
+        since: Some(humantime::parse_rfc3339(&at).unwrap()),
+        ..Filter::default()
+    };
+    let listed: Vec<i64> = store
+        .list(&filter)
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.seq)
+        .collect();
+    let scanned: Vec<i64> = query(&format!(
+        "SELECT received_at, seq FROM notifications WHERE received_at >= '{at}' ORDER BY seq"
+    ))
+    .into_iter()
+    .map(|(_, seq)| seq)
+    .collect();
+    assert_eq!(listed, scanned);
+    // From that commit on (a commit in the same millisecond before it shares its time).
+    assert!(
+        listed.contains(&seq) && listed.ends_with(&[1_160]),
+        "{listed:?}"
+    );
+}
