@@ -96,8 +96,8 @@ async fn a_full_disk_is_503_then_recovers_without_a_restart() {
 }
 
 /// `store compact` when the store's filesystem has room for SQLite's small files but not for the
-/// rollback journal the rewrite needs: it fails, says why, and leaves the store as it was; with
-/// room again it succeeds.
+/// rollback journal the rewrite needs: it refuses before it starts, says how much it needs and
+/// where, and leaves the store as it was; with room again it succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_on_a_full_disk_fails_and_leaves_the_store_as_it_was() {
     use obm_gate::store::{Filter, StoreError, compact};
@@ -122,7 +122,14 @@ async fn compact_on_a_full_disk_fails_and_leaves_the_store_as_it_was() {
     let filler = fs.fill(256 * 1024);
     match compact(&config.path) {
         Err(StoreError::Compact { detail, .. }) => {
-            assert!(detail.contains("full"), "{detail}")
+            let journal = format!(" MB in {} for its rollback journal", fs.0.display());
+            assert!(
+                detail.starts_with("not enough free space: compacting needs ")
+                    && detail.contains(&journal)
+                    && detail.contains(&format!("; {} has 0.", fs.0.display()))
+                    && detail.ends_with("; the store is unchanged"),
+                "{detail}"
+            )
         }
         other => panic!("compact on a full disk: {other:?}"),
     }

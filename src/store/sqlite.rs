@@ -589,6 +589,8 @@ pub fn compact(path: &Path) -> Result<Compacted, StoreError> {
     };
     let page_size_before = pragma("page_size")?;
     let free_pages_before = pragma("freelist_count")?;
+    let used = (pragma("page_count")? - free_pages_before).max(0) as u64 * page_size_before as u64;
+    room_to_rewrite(path, used, bytes_before).map_err(fail)?;
     // Out of WAL mode (checkpointing the WAL into the file): SQLite refuses, busy, while another
     // connection has the file open.
     let left_wal = match conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get::<_, String>(0))
@@ -619,6 +621,99 @@ pub fn compact(path: &Path) -> Result<Compacted, StoreError> {
         page_size_after,
         free_pages_before,
         notifications,
+    })
+}
+
+/// Free space on one filesystem: its device and the bytes this process may still use.
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    device: u64,
+    free: u64,
+}
+
+impl Room {
+    fn of(dir: &Path) -> Result<Room, String> {
+        use std::os::unix::fs::MetadataExt;
+        let why = |e: &dyn std::fmt::Display| format!("{}: {e}", dir.display());
+        let device = std::fs::metadata(dir).map_err(|e| why(&e))?.dev();
+        let fs = rustix::fs::statvfs(dir).map_err(|e| why(&e))?;
+        Ok(Room {
+            device,
+            free: fs.f_bavail.saturating_mul(fs.f_frsize),
+        })
+    }
+}
+
+/// Checks, before `VACUUM` starts, that there is room for what it writes: a copy of the
+/// store's used pages in SQLite's temporary directory, and a rollback journal of up to the
+/// whole file beside the store. Out of space, SQLite would fail and leave the store as it was,
+/// but only after running for as long as the copy takes, and after filling the disk.
+fn room_to_rewrite(path: &Path, used: u64, file: u64) -> Result<(), String> {
+    let store_dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let temp_dir = sqlite_temp_dir().ok_or(
+        "SQLite finds no temporary directory it may write (SQLITE_TMPDIR, TMPDIR, /var/tmp, \
+         /usr/tmp, /tmp, .)",
+    )?;
+    let temp = Room::of(&temp_dir)?;
+    let store = Room::of(store_dir)?;
+    match shortfall(&temp_dir, temp, store_dir, store, used, file) {
+        Some(short) => Err(format!(
+            "not enough free space: {short}; the store is unchanged"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// What is short, in words, or None when both fit (on one filesystem, together).
+fn shortfall(
+    temp_dir: &Path,
+    temp: Room,
+    store_dir: &Path,
+    store: Room,
+    used: u64,
+    file: u64,
+) -> Option<String> {
+    let mb = |bytes: u64| format!("{:.1} MB", bytes as f64 / 1e6);
+    let need = format!(
+        "compacting needs {} for a copy of the store in {} (SQLite's temporary directory: \
+         SQLITE_TMPDIR, else TMPDIR, else /var/tmp) and up to {} in {} for its rollback journal",
+        mb(used),
+        temp_dir.display(),
+        mb(file),
+        store_dir.display()
+    );
+    let has = |dir: &Path, free| format!("{need}; {} has {} free", dir.display(), mb(free));
+    if temp.device == store.device {
+        (used + file > store.free).then(|| {
+            format!(
+                "{need}, {} on the one filesystem that holds both, which has {} free",
+                mb(used + file),
+                mb(store.free)
+            )
+        })
+    } else if used > temp.free {
+        Some(has(temp_dir, temp.free))
+    } else if file > store.free {
+        Some(has(store_dir, store.free))
+    } else {
+        None
+    }
+}
+
+/// The directory SQLite's unix VFS makes its temporary files in (`unixTempFileDir` in
+/// sqlite3.c): the first of these that is a directory this process may write and search.
+fn sqlite_temp_dir() -> Option<PathBuf> {
+    use rustix::fs::Access;
+    let from_env = ["SQLITE_TMPDIR", "TMPDIR"]
+        .into_iter()
+        .filter_map(std::env::var_os)
+        .map(PathBuf::from);
+    let fixed = ["/var/tmp", "/usr/tmp", "/tmp", "."].map(PathBuf::from);
+    from_env.chain(fixed).find(|dir| {
+        dir.is_dir() && rustix::fs::access(dir, Access::WRITE_OK | Access::EXEC_OK).is_ok()
     })
 }
 
@@ -1296,5 +1391,59 @@ mod tests {
         drop(conn);
         let conn = open_writer(&path).unwrap();
         assert_eq!(count(&conn), 5);
+    }
+
+    #[test]
+    fn compact_checks_the_room_for_the_copy_and_the_journal_first() {
+        let mb = 1_000_000;
+        let room = |device, free_mb: u64| Room {
+            device,
+            free: free_mb * mb,
+        };
+        let (temp, store) = (Path::new("/var/tmp"), Path::new("/srv/obm/data"));
+        // (temp dir's room, store dir's room, used MB, file MB, what is short)
+        let cases = [
+            // One filesystem: the copy and the journal together.
+            (room(1, 250), room(1, 250), 100, 150, None),
+            (
+                room(1, 249),
+                room(1, 249),
+                100,
+                150,
+                Some("250.0 MB on the one filesystem that holds both, which has 249.0 MB free"),
+            ),
+            // Two: each on its own.
+            (room(1, 100), room(2, 150), 100, 150, None),
+            (
+                room(1, 99),
+                room(2, 1000),
+                100,
+                150,
+                Some("; /var/tmp has 99.0 MB free"),
+            ),
+            (
+                room(1, 1000),
+                room(2, 149),
+                100,
+                150,
+                Some("; /srv/obm/data has 149.0 MB free"),
+            ),
+        ];
+        for (temp_room, store_room, used, file, want) in cases {
+            let got = shortfall(temp, temp_room, store, store_room, used * mb, file * mb);
+            match (want, &got) {
+                (None, None) => {}
+                (Some(want), Some(got)) => {
+                    assert!(got.contains(want), "{got}");
+                    assert!(
+                        got.contains(&format!(
+                            "needs {used}.0 MB for a copy of the store in /var/tmp"
+                        )) && got.contains(&format!("up to {file}.0 MB in /srv/obm/data")),
+                        "{got}"
+                    );
+                }
+                _ => panic!("{temp_room:?} {store_room:?} {used} {file}: {got:?}"),
+            }
+        }
     }
 }
