@@ -98,7 +98,9 @@ impl Server {
         }
         let server_cert = tls::ServerCert::new(tls::load_certified_key(cert, key)?);
         let metrics = Arc::new(metrics::Metrics::new());
-        // Watch first, then read: a change made after the first read is always seen.
+        // Watch first, then read: a change made after the first read is always seen. A
+        // directory that cannot be read stops the start before the watch would log about it.
+        registry::check_directory(&config.registry.directory)?;
         let watch = reload::Watch::start(&config.registry.directory, &config.tls);
         let registry = Arc::new(registry::Registry::open(&config.registry.directory)?);
         let tls_config = tls::server_config(

@@ -181,10 +181,7 @@ impl Snapshot {
     /// Reads `<dir>/<OrgId>/*.pem`. Only an unreadable top directory is an error; everything
     /// below it that is wrong becomes a [`Problem`] and is skipped.
     pub fn read_dir(dir: &Path) -> Result<Snapshot, RegistryError> {
-        let top = std::fs::read_dir(dir).map_err(|e| RegistryError::Directory {
-            path: dir.to_owned(),
-            source: e,
-        })?;
+        let top = open_dir(dir)?;
         let mut snapshot = Snapshot::default();
         let mut org_dirs: Vec<_> = top.filter_map(Result::ok).map(|e| e.path()).collect();
         org_dirs.sort();
@@ -279,6 +276,20 @@ impl Snapshot {
         }
         entry.files.push(file);
     }
+}
+
+/// The registry directory, opened for reading, or why it cannot be.
+fn open_dir(dir: &Path) -> Result<std::fs::ReadDir, RegistryError> {
+    std::fs::read_dir(dir).map_err(|e| RegistryError::Directory {
+        path: dir.to_owned(),
+        source: e,
+    })
+}
+
+/// Fails as [`Snapshot::read_dir`] would on a directory it cannot read, without reading the
+/// certificates: the receiver checks this before it starts watching the directory.
+pub fn check_directory(dir: &Path) -> Result<(), RegistryError> {
+    open_dir(dir).map(drop)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -99,6 +99,8 @@ fn a_start_that_fails_says_why_once_and_exits_1() {
         ],
         "{err}"
     );
+    // Nothing else is blamed first: the directory is checked before it is watched.
+    assert!(!err.contains("cannot watch"), "{err}");
 }
 
 #[tokio::test]
