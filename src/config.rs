@@ -155,6 +155,11 @@ pub struct Store {
     pub path: PathBuf,
     /// A shared PostgreSQL instead of the SQLite file: `postgres://user@host/db`.
     pub url: Option<String>,
+    /// Notifications received longer ago than this are deleted, except those still pending
+    /// for the webhook. Zero (the default) keeps every notification. At least 24 hours when
+    /// set: Salesforce retries a message for up to 24 hours, and the store deduplicates only
+    /// against what it keeps.
+    pub retention: Duration,
 }
 
 /// Limits on everything a peer controls. Each default says why it has that value.
@@ -207,6 +212,7 @@ impl Default for Config {
             store: Store {
                 path: "data/obm-gate.db".into(),
                 url: None,
+                retention: Duration::ZERO,
             },
             limits: Limits {
                 header_read_timeout: Duration::from_secs(10),
@@ -323,6 +329,7 @@ pub fn parse(toml_text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
         store: Store {
             path: r.get("store", "path", d.store.path),
             url: r.get("store", "url", d.store.url),
+            retention: r.get("store", "retention", d.store.retention),
         },
         limits: Limits {
             header_read_timeout: r.get(
@@ -479,6 +486,9 @@ impl<'e> Reader<'e> {
 }
 
 /// Checks that go beyond a value's type.
+/// The shortest `[store] retention`: Salesforce's retry window.
+const MIN_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
 fn validate(c: &Config) -> Vec<String> {
     let mut errors = Vec::new();
     if c.admin.address == c.listen.address && c.listen.address.port() != 0 {
@@ -513,6 +523,14 @@ fn validate(c: &Config) -> Vec<String> {
         errors.push(
             "[store] url: must be a postgres:// URL (leave it empty for the SQLite file)".into(),
         );
+    }
+    if !c.store.retention.is_zero() && c.store.retention < MIN_RETENTION {
+        errors.push(format!(
+            "[store] retention: {} is shorter than 24h: Salesforce retries a message for up to \
+             24 hours, and a notification deleted before its last retry would be stored again \
+             (\"0\" keeps every notification)",
+            humantime::format_duration(c.store.retention)
+        ));
     }
     if c.ca.default_days == 0 || c.ca.default_days > c.ca.max_days {
         errors.push(format!(
@@ -838,9 +856,11 @@ mod tests {
                 ("OBM_GATE_LISTEN_ADDRESS", "127.0.0.1:1234"),
                 ("OBM_GATE_LIMITS_HEADER_READ_TIMEOUT", "250ms"),
                 ("OBM_GATE_REGISTRY_CA_CERTIFICATES", "x.pem, y.pem"),
+                ("OBM_GATE_STORE_RETENTION", "30d"),
             ]),
         )
         .unwrap();
+        assert_eq!(c.store.retention, Duration::from_secs(30 * 24 * 3600));
         assert_eq!(c.listen.address, "127.0.0.1:1234".parse().unwrap());
         assert_eq!(c.limits.max_body_bytes, 1024);
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(90));
@@ -861,6 +881,8 @@ mod tests {
             [limits]
             max_connections = 0
             body_read_timeout = true
+            [store]
+            retention = "5h"
             [bogus]
             x = 1
         "#;
@@ -876,10 +898,11 @@ mod tests {
             "[limits] body_read_timeout",
             "[limits] max_body_bytes (from OBM_GATE_LIMITS_MAX_BODY_BYTES",
             "[bogus]: unknown section",
+            "[store] retention: 5h is shorter than 24h",
         ] {
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
         }
-        assert_eq!(errors.len(), 7, "{joined}");
+        assert_eq!(errors.len(), 8, "{joined}");
     }
 
     #[test]

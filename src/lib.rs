@@ -196,6 +196,18 @@ impl Server {
         let forwarder = self
             .forwarder
             .map(|f| tokio::spawn(f.run(stop_forward.clone())));
+        // Retention deletes between group commits, and stops with the forwarder: before the
+        // store's writer flushes and closes.
+        let retention = self.state.config.store.retention;
+        let pruner = match &self.state.store {
+            Some(store) if !retention.is_zero() => {
+                let (store, stop) = (store.clone(), stop_forward.clone());
+                Some(tokio::spawn(async move {
+                    store.keep_for(retention, stop).await
+                }))
+            }
+            _ => None,
+        };
         // The accept loop runs on a worker, like the connections it spawns: a new connection
         // then starts in that worker's own queue, where from this thread (outside the runtime's
         // workers) each accept and each spawn was a wake-up of another thread.
@@ -222,6 +234,9 @@ impl Server {
         let _ = admin.await;
         if let Some(forwarder) = forwarder {
             let _ = forwarder.await;
+        }
+        if let Some(pruner) = pruner {
+            let _ = pruner.await;
         }
         served?;
         Ok(())

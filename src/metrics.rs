@@ -43,6 +43,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub notifications_stored: Counter,
     pub notifications_duplicate: Counter,
+    /// Deleted by `[store] retention`.
+    pub notifications_pruned: Counter,
     pub open_connections: Gauge,
     /// Requests whose header arrived and whose answer is not yet produced.
     pub requests_in_flight: Gauge,
@@ -63,6 +65,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let notifications_stored = Counter::default();
         let notifications_duplicate = Counter::default();
+        let notifications_pruned = Counter::default();
         let open_connections = Gauge::default();
         let requests_in_flight = Gauge::default();
         registry.register(
@@ -112,6 +115,11 @@ impl Metrics {
             notifications_duplicate.clone(),
         );
         registry.register(
+            "notifications_pruned",
+            "Notifications deleted because [store] retention had passed",
+            notifications_pruned.clone(),
+        );
+        registry.register(
             "open_connections",
             "Open client connections",
             open_connections.clone(),
@@ -139,6 +147,7 @@ impl Metrics {
             requests,
             notifications_stored,
             notifications_duplicate,
+            notifications_pruned,
             open_connections,
             requests_in_flight,
             ack_latency,

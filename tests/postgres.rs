@@ -406,3 +406,78 @@ async fn the_last_of_several_webhook_results_for_a_notification_is_kept() {
         );
     }
 }
+
+/// Makes the notifications `ids` look received in 2020: the stores' own clocks cannot be set
+/// back. The SQLite store's minutes are emptied, and rebuilt by the writer when it opens.
+async fn received_in_2020(config: &obm_gate::config::Store, ids: &[String]) {
+    let old = "2020-01-01T00:00:00.000Z";
+    match &config.url {
+        Some(url) => {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let sql = "UPDATE obm_notifications SET received_at = $1
+                       WHERE notification_id = ANY($2)";
+            let aged = client.execute(sql, &[&old, &ids]).await.unwrap();
+            assert_eq!(aged, ids.len() as u64);
+        }
+        None => {
+            let conn = rusqlite::Connection::open(&config.path).unwrap();
+            for id in ids {
+                let sql = "UPDATE notifications SET received_at = ?1 WHERE notification_id = ?2";
+                assert_eq!(conn.execute(sql, [old, id]).unwrap(), 1);
+            }
+            conn.execute("DELETE FROM received_minutes", []).unwrap();
+        }
+    }
+}
+
+/// Retention on both backends, through the store's own interface: what was received before
+/// the cutoff goes, with its webhook row, delivered or dead; one still pending for the webhook
+/// stays, and so does what was received after the cutoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_deletes_what_was_received_before_the_cutoff_but_not_what_is_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    for (backend, config) in both_backends(&dir).await {
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::open(&config, true, metrics.clone()).await.unwrap();
+        for i in 1..=4 {
+            store.commit(wide_message(i, 1, 10)).await.unwrap();
+        }
+        let rows = store.list(&Filter::default()).await.unwrap();
+        let update = |i: usize, outcome| ForwardUpdate {
+            seq: rows[i].seq,
+            attempts: 1,
+            outcome,
+        };
+        let gone = ForwardOutcome::Dead {
+            error: "410 Gone".into(),
+        };
+        let updates = vec![
+            update(0, ForwardOutcome::Delivered),
+            update(1, gone),
+            update(3, ForwardOutcome::Delivered),
+        ];
+        store.record_forward(updates).await.unwrap();
+        store.shutdown().await;
+        drop(store);
+        received_in_2020(&config, &[nid(1), nid(2), nid(3), nid(4)][..]).await;
+
+        let store = Store::open(&config, true, metrics.clone()).await.unwrap();
+        store.commit(wide_message(5, 1, 10)).await.unwrap();
+        let day_ago = std::time::SystemTime::now() - Duration::from_secs(24 * 3600);
+        assert_eq!(store.prune(day_ago).await.unwrap(), 3, "{backend}");
+        let rows = store.list(&Filter::default()).await.unwrap();
+        let kept: Vec<_> = rows.iter().map(|r| r.notification_id.clone()).collect();
+        assert_eq!(kept, [nid(3), nid(5)], "{backend}");
+        let pending = rows[0].forward.as_ref().map(|f| f.state);
+        assert_eq!(pending, Some(ForwardState::Pending), "{backend}");
+        assert_eq!(metrics.notifications_pruned.get(), 3, "{backend}");
+        assert_eq!(store.prune(day_ago).await.unwrap(), 0, "{backend}");
+        // A cutoff before 1970 (a retention longer than the clock's past) deletes nothing.
+        let before_1970 = std::time::UNIX_EPOCH - Duration::from_secs(24 * 3600);
+        assert_eq!(store.prune(before_1970).await.unwrap(), 0, "{backend}");
+        store.shutdown().await;
+    }
+}

@@ -3,8 +3,12 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use common::{age_store, filled_store, pragma, wide_message};
+use common::{
+    Key, ORG_A, Spec, TestServer, admin_get, age_store, eventually, filled_store, metric, nid,
+    pragma, self_signed, wide_message,
+};
 use obm_gate::metrics::Metrics;
 use obm_gate::store::Store;
 
@@ -185,4 +189,59 @@ async fn every_minute_of_stored_notifications_names_its_first_seq_for_since() {
         listed.contains(&seq) && listed.ends_with(&[1_160]),
         "{listed:?}"
     );
+}
+
+/// A receiver with `[store] retention` deletes, as it starts, what was received longer ago, and
+/// counts it; a late redelivery of a deleted notification is then stored again, since the store
+/// deduplicates only against what it keeps. The store: four notifications, three of them made
+/// to look received in 2020 (and its minutes table emptied, as the receiver rebuilds it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_with_retention_deletes_what_it_passed_and_counts_it() {
+    let old = tempfile::tempdir().unwrap();
+    let mut config = obm_gate::Config::default().store;
+    config.path = old.path().join("obm-gate.db");
+    let store = Store::open(&config, false, Arc::new(Metrics::new()))
+        .await
+        .unwrap();
+    store.commit(wide_message(0, 3, 100)).await.unwrap();
+    store.commit(wide_message(3, 1, 100)).await.unwrap();
+    store.shutdown().await;
+    drop(store);
+    let conn = rusqlite::Connection::open(&config.path).unwrap();
+    let aged = conn
+        .execute(
+            "UPDATE notifications SET received_at = '2020-01-01T00:00:00.000Z'
+             WHERE notification_id <> ?1",
+            [nid(3)],
+        )
+        .unwrap();
+    assert_eq!(aged, 3);
+    conn.execute("DELETE FROM received_minutes", []).unwrap();
+    drop(conn);
+
+    let server = TestServer::start_with(|c, dir| {
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::copy(&config.path, &c.store.path).unwrap();
+        c.store.retention = Duration::from_secs(24 * 3600);
+    })
+    .await;
+    let ids = || -> Vec<String> {
+        let stored = server.stored().into_iter();
+        stored.map(|n| n.notification_id).collect()
+    };
+    eventually(
+        "the 2020 notifications deleted",
+        Duration::from_secs(10),
+        || ids().len() == 1,
+    )
+    .await;
+    assert_eq!(ids(), [nid(3)]);
+    let (_, text) = admin_get(&server.state, "/metrics").await;
+    assert_eq!(metric(&text, "obm_gate_notifications_pruned_total"), 3.0);
+
+    let id = self_signed(Spec::new(Key::EcdsaP256, "a"));
+    server.register(ORG_A, "a", &id);
+    server.client(Some(&id)).ack(ORG_A, &[nid(0)]).await;
+    assert_eq!(ids(), [nid(3), nid(0)]);
+    server.stop().await;
 }

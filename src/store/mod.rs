@@ -25,6 +25,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::config;
 use crate::ids::{Fingerprint, OrgId};
@@ -125,8 +126,34 @@ pub(crate) enum Job {
     Forward(ForwardJob),
     /// Can the writer commit right now? Answered in turn with commits.
     Probe(oneshot::Sender<Result<(), StoreError>>),
+    /// One step of deleting what is past the retention, between group commits.
+    Prune(PruneStep, oneshot::Sender<Result<Pruned, StoreError>>),
     Shutdown(oneshot::Sender<()>),
 }
+
+/// One step of [`Store::prune`]: at most [`PRUNE_STEP_ROWS`] notifications, in one
+/// transaction, so that commits queued meanwhile wait for one small delete, not for all of it.
+#[derive(Debug, Clone)]
+pub(crate) struct PruneStep {
+    /// Notifications received before this (RFC 3339, milliseconds, as stored) are deleted.
+    pub before: String,
+    /// Where this step starts: the `next` of the previous step (the SQLite store walks its
+    /// table in seq order; PostgreSQL looks by time and ignores it).
+    pub from: i64,
+}
+
+/// What one prune step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Pruned {
+    pub deleted: u64,
+    /// Where the next step starts; `None` when nothing more is past the retention.
+    pub next: Option<i64>,
+}
+
+/// Notifications one prune step deletes at most: a few milliseconds of the writer's time.
+pub(crate) const PRUNE_STEP_ROWS: i64 = 500;
+/// How often the receiver deletes what its `[store] retention` has passed.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A stored notification, as `messages list --json` prints it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -279,6 +306,7 @@ pub enum Backend {
 pub struct Store {
     backend: Backend,
     jobs: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
     commits: Arc<AtomicU64>,
     /// Woken after a commit stored something, for the forwarder.
     stored: Arc<Notify>,
@@ -304,7 +332,7 @@ impl Store {
         let (jobs, rx) = mpsc::channel(QUEUE_CAPACITY);
         let commits = Arc::new(AtomicU64::new(0));
         let ctx = WriterContext {
-            metrics,
+            metrics: metrics.clone(),
             commits: commits.clone(),
             forward,
         };
@@ -321,6 +349,7 @@ impl Store {
         Ok(Store {
             backend,
             jobs,
+            metrics,
             commits,
             stored: Arc::new(Notify::new()),
         })
@@ -399,6 +428,70 @@ impl Store {
         rx.await.map_err(|_| StoreError::Unavailable)?
     }
 
+    /// Deletes the notifications received before `before`, except those still pending for the
+    /// webhook; returns how many. It goes in steps of at most [`PRUNE_STEP_ROWS`], each its own
+    /// transaction taken in turn with the group commits. The SQLite store deletes by whole
+    /// minutes (what was received before the minute of `before`) and always keeps its newest
+    /// notification, whose seq the next one follows.
+    pub async fn prune(&self, before: SystemTime) -> Result<u64, StoreError> {
+        if before < std::time::UNIX_EPOCH {
+            return Ok(0); // nothing is stamped before 1970
+        }
+        let before = humantime::format_rfc3339_millis(before).to_string();
+        let (mut deleted, mut from) = (0, 0);
+        loop {
+            let (tx, rx) = oneshot::channel();
+            let step = PruneStep {
+                before: before.clone(),
+                from,
+            };
+            self.jobs
+                .send(Job::Prune(step, tx))
+                .await
+                .map_err(|_| StoreError::Unavailable)?;
+            let pruned = rx.await.map_err(|_| StoreError::Unavailable)??;
+            deleted += pruned.deleted;
+            self.metrics.notifications_pruned.inc_by(pruned.deleted);
+            match pruned.next {
+                Some(next) => from = next,
+                None => return Ok(deleted),
+            }
+        }
+    }
+
+    /// Deletes, now and every ten minutes until `stop`, what was received longer than
+    /// `retention` ago ([`Store::prune`]).
+    pub async fn keep_for(&self, retention: std::time::Duration, stop: CancellationToken) {
+        let shown = humantime::format_duration(retention);
+        loop {
+            // A retention longer than the clock's past leaves nothing to delete.
+            let before = SystemTime::now()
+                .checked_sub(retention)
+                .unwrap_or(std::time::UNIX_EPOCH);
+            let pruned = tokio::select! {
+                r = self.prune(before) => r,
+                () = stop.cancelled() => return,
+            };
+            match pruned {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(
+                    deleted,
+                    before = %humantime::format_rfc3339_millis(before),
+                    "deleted notifications older than [store] retention ({shown})"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "could not delete notifications older than [store] retention ({shown}); \
+                     trying again in 10 minutes"
+                ),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(PRUNE_EVERY) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
     /// Stored notifications, oldest first.
     pub async fn list(&self, filter: &Filter) -> Result<Vec<StoredNotification>, StoreError> {
         list_backend(&self.backend, filter).await
@@ -455,6 +548,7 @@ pub(crate) struct Batch {
 /// A job the writer answers itself rather than batching.
 pub(crate) enum Control {
     Probe(oneshot::Sender<Result<(), StoreError>>),
+    Prune(PruneStep, oneshot::Sender<Result<Pruned, StoreError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -465,6 +559,7 @@ impl Batch {
             Job::Commit(m, reply) => self.messages.push((m, reply)),
             Job::Forward(f) => self.forwards.push(f),
             Job::Probe(reply) => return Some(Control::Probe(reply)),
+            Job::Prune(step, reply) => return Some(Control::Prune(step, reply)),
             Job::Shutdown(done) => return Some(Control::Shutdown(done)),
         }
         None

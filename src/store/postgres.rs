@@ -17,7 +17,8 @@ use tokio_postgres::{Client, GenericClient, NoTls, Statement};
 
 use super::{
     Batch, Committed, Control, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage,
-    Outgoing, Requeue, StoreError, StoredNotification, WriterContext, now_ms, now_rfc3339,
+    Outgoing, PRUNE_STEP_ROWS, PruneStep, Pruned, Requeue, StoreError, StoredNotification,
+    WriterContext, now_ms, now_rfc3339,
 };
 
 /// A database that does not answer within these is treated as down (503; Salesforce retries).
@@ -232,6 +233,9 @@ impl Writer {
                     Some(Control::Probe(reply)) => {
                         let _ = reply.send(self.probe().await);
                     }
+                    Some(Control::Prune(step, reply)) => {
+                        let _ = reply.send(self.prune(&step).await);
+                    }
                     Some(Control::Shutdown(done)) => {
                         shutdown = Some(done);
                         break;
@@ -286,6 +290,27 @@ impl Writer {
         }
     }
 
+    /// One step of [`super::Store::prune`]: the oldest notifications received before
+    /// `step.before` that are not pending for the webhook, by the `received_at` index. A row
+    /// another receiver is deleting meanwhile is skipped, not waited for.
+    async fn prune(&mut self, step: &PruneStep) -> Result<Pruned, StoreError> {
+        let session = self.session().await?;
+        let r = tokio::time::timeout(COMMIT_TIMEOUT, prune(&mut session.client, step)).await;
+        match r {
+            Ok(Ok(pruned)) => Ok(pruned),
+            Ok(Err(e)) => {
+                self.session = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.session = None;
+                Err(err(format!(
+                    "a prune step did not finish within {COMMIT_TIMEOUT:?}"
+                )))
+            }
+        }
+    }
+
     async fn commit_batch(&mut self, batch: &mut Batch) {
         let started = Instant::now();
         let received_at = now_rfc3339();
@@ -311,6 +336,42 @@ impl Writer {
         let result = result.map_err(|e| e.to_string());
         batch.finish(result, started, &self.ctx);
     }
+}
+
+async fn prune(client: &mut Client, step: &PruneStep) -> Result<Pruned, StoreError> {
+    let tx = client.transaction().await.map_err(err)?;
+    let seqs: Vec<i64> = tx
+        .query(
+            "SELECT n.seq FROM obm_notifications n
+             WHERE n.received_at < $1
+               AND NOT EXISTS (SELECT 1 FROM obm_forward f
+                               WHERE f.seq = n.seq AND f.state = 'pending')
+             ORDER BY n.received_at
+             LIMIT $2
+             FOR UPDATE OF n SKIP LOCKED",
+            &[&step.before, &PRUNE_STEP_ROWS],
+        )
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.execute("DELETE FROM obm_forward WHERE seq = ANY($1)", &[&seqs])
+        .await
+        .map_err(err)?;
+    let deleted = tx
+        .execute(
+            "DELETE FROM obm_notifications WHERE seq = ANY($1)",
+            &[&seqs],
+        )
+        .await
+        .map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    let more = seqs.len() as i64 == PRUNE_STEP_ROWS;
+    Ok(Pruned {
+        deleted,
+        next: more.then_some(0),
+    })
 }
 
 /// Writes the messages and the webhook results: each kind in one statement, both in one

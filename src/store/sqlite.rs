@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 
 use super::{
     Batch, Committed, Control, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage,
-    Outgoing, Requeue, StoreError, StoredNotification, WriterContext, now_ms, now_rfc3339,
+    Outgoing, PRUNE_STEP_ROWS, PruneStep, Pruned, Requeue, StoreError, StoredNotification,
+    WriterContext, now_ms, now_rfc3339,
 };
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
@@ -280,6 +281,11 @@ impl Writer {
                     Some(Control::Probe(reply)) => {
                         let _ = reply.send(self.probe());
                     }
+                    Some(Control::Prune(step, reply)) => {
+                        let pruned = prune(&mut self.conn, &step)
+                            .map_err(|e| StoreError::Write(e.to_string()));
+                        let _ = reply.send(pruned);
+                    }
                     Some(Control::Shutdown(done)) => {
                         shutdown = Some(done);
                         break;
@@ -423,6 +429,70 @@ fn write<'m>(
     }
     tx.commit()?;
     Ok(outcomes)
+}
+
+/// One step of [`super::Store::prune`]: deletes, from `step.from` on in seq order, the
+/// notifications received before the minute of `step.before`, and the webhook rows of those
+/// delivered or dead; one still pending keeps its row and its queue entry.
+///
+/// It walks no further than a bound below which everything was received before that minute:
+/// the lowest `first_seq` of the minutes at or after it (seq only grows, see
+/// `received_minutes`). Nor past the newest notification, which it keeps: SQLite gives a new row
+/// the highest seq plus one, so deleting the newest would let its seq come back, and every
+/// bound here relies on seq only growing.
+fn prune(conn: &mut Connection, step: &PruneStep) -> rusqlite::Result<Pruned> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let bound: i64 = tx.query_row(
+        "SELECT min(coalesce((SELECT min(first_seq) FROM received_minutes WHERE minute >= ?1),
+                             9223372036854775807),
+                    coalesce((SELECT max(seq) FROM notifications), 0))",
+        [minute_of(&step.before)],
+        |r| r.get(0),
+    )?;
+    let lo: Option<i64> = tx.query_row(
+        "SELECT min(seq) FROM notifications WHERE seq >= ?1",
+        [step.from],
+        |r| r.get(0),
+    )?;
+    let Some(lo) = lo.filter(|lo| *lo < bound) else {
+        return Ok(Pruned::default());
+    };
+    let mut hi = bound.min(lo.saturating_add(PRUNE_STEP_ROWS));
+    let mut done = hi == bound;
+    // A notification received at or after the cutoff below the bound is in no minute the bound
+    // came from: one stored by an older build that kept no minutes. The walk ends before it.
+    let late: Option<i64> = tx.query_row(
+        "SELECT min(seq) FROM notifications WHERE seq >= ?1 AND seq < ?2 AND received_at >= ?3",
+        params![lo, hi, step.before],
+        |r| r.get(0),
+    )?;
+    if let Some(late) = late {
+        (hi, done) = (late, true);
+    }
+    tx.execute(
+        "DELETE FROM forward WHERE seq >= ?1 AND seq < ?2 AND state <> 'pending'",
+        params![lo, hi],
+    )?;
+    let deleted = tx.execute(
+        "DELETE FROM notifications WHERE seq >= ?1 AND seq < ?2
+             AND NOT EXISTS (SELECT 1 FROM forward f WHERE f.seq = notifications.seq)",
+        params![lo, hi],
+    )?;
+    // Every notification kept has a seq of at least `floor`, so of the minutes whose
+    // `first_seq` is below it, the latest alone gives every `--since` the same lower bound:
+    // the others go, and the table stays as small as the retention.
+    tx.execute(
+        "DELETE FROM received_minutes
+         WHERE first_seq < (SELECT min(seq) FROM notifications)
+           AND minute < (SELECT max(minute) FROM received_minutes
+                         WHERE first_seq < (SELECT min(seq) FROM notifications))",
+        [],
+    )?;
+    tx.commit()?;
+    Ok(Pruned {
+        deleted: deleted as u64,
+        next: (!done).then_some(hi),
+    })
 }
 
 /// The forwarder's read connection to the queue.
@@ -841,6 +911,7 @@ fn list_query(
 mod tests {
     use super::*;
     use crate::ids::OrgId;
+    use crate::store::ForwardOutcome;
 
     fn names(conn: &Connection, kind: &str) -> Vec<String> {
         let mut stmt = conn
@@ -1382,6 +1453,158 @@ mod tests {
         drop(conn);
         let conn = open_writer(&path).unwrap();
         assert_eq!(count(&conn, "received_minutes"), 5);
+    }
+
+    /// Runs prune steps until none is left, as `Store::prune` does; returns how many went.
+    fn prune_all(conn: &mut Connection, before: &str) -> u64 {
+        let (mut deleted, mut from) = (0, 0);
+        loop {
+            let step = PruneStep {
+                before: before.to_owned(),
+                from,
+            };
+            let pruned = prune(conn, &step).unwrap();
+            deleted += pruned.deleted;
+            match pruned.next {
+                Some(next) => from = next,
+                None => return deleted,
+            }
+        }
+    }
+
+    fn seq_of(conn: &Connection, id: &str) -> i64 {
+        conn.query_row(
+            "SELECT seq FROM notifications WHERE notification_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    fn all_ids(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT notification_id FROM notifications ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn prune_deletes_what_the_retention_passed_but_not_a_pending_one_nor_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("obm.db");
+        let mut conn = open_writer(&path).unwrap();
+        let commits = [
+            ("2026-10-01T10:00:00.000Z", vec!["n1", "n2"]),
+            ("2026-10-01T10:00:30.000Z", vec!["n3"]),
+            ("2026-10-02T09:00:00.000Z", vec!["n4"]),
+            // The clock stepped back a day.
+            ("2026-10-01T11:00:00.000Z", vec!["n5"]),
+            ("2026-11-20T10:00:00.000Z", vec!["n6"]),
+            // Back again: old, but stored after a recent one.
+            ("2026-10-01T12:00:00.000Z", vec!["n7"]),
+            ("2026-11-24T10:00:00.000Z", vec!["n8"]),
+        ];
+        for (at, notifications) in &commits {
+            let m = message(notifications);
+            write(
+                &mut conn,
+                [&m].into_iter(),
+                std::iter::empty(),
+                at,
+                true,
+                true,
+            )
+            .unwrap();
+        }
+        let outcome = |conn: &Connection, id: &str, outcome| ForwardUpdate {
+            seq: seq_of(conn, id),
+            attempts: 1,
+            outcome,
+        };
+        let dead = || ForwardOutcome::Dead {
+            error: "410".into(),
+        };
+        let mut updates = vec![outcome(&conn, "n2", dead())];
+        for id in ["n1", "n4", "n5", "n7"] {
+            updates.push(outcome(&conn, id, ForwardOutcome::Delivered));
+        }
+        let at = "2026-11-24T10:00:01.000Z";
+        write(
+            &mut conn,
+            std::iter::empty(),
+            updates.iter(),
+            at,
+            false,
+            true,
+        )
+        .unwrap();
+
+        // Received before November: n1 to n5 and n7. n3 is still pending; n7 was stored after
+        // n6, which is recent, so it is past the bound and stays too.
+        assert_eq!(prune_all(&mut conn, "2026-11-01T00:00:00.000Z"), 4);
+        assert_eq!(all_ids(&conn), ["n3", "n6", "n7", "n8"]);
+        assert_eq!(
+            count(&conn, "forward"),
+            4,
+            "the queue rows of the deleted went too"
+        );
+        let broken: Option<String> = conn
+            .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+            .optional()
+            .unwrap();
+        assert_eq!(broken, None);
+        assert_since_matches_a_scan(&path, &conn);
+        // Nothing more to do at the same cutoff.
+        assert_eq!(prune_all(&mut conn, "2026-11-01T00:00:00.000Z"), 0);
+
+        // n3 and n6 delivered, and a cutoff after everything: all but the newest go (it is
+        // still pending too), and of the minutes below it only the latest is kept.
+        let done = [
+            outcome(&conn, "n3", ForwardOutcome::Delivered),
+            outcome(&conn, "n6", ForwardOutcome::Delivered),
+        ];
+        write(&mut conn, std::iter::empty(), done.iter(), at, false, true).unwrap();
+        assert_eq!(prune_all(&mut conn, "2026-11-25T00:00:00.000Z"), 3);
+        assert_eq!(all_ids(&conn), ["n8"]);
+        assert_eq!(count(&conn, "received_minutes"), 2);
+        assert_since_matches_a_scan(&path, &conn);
+        // The next notification's seq follows the newest: none comes back.
+        let n9 = message(&["n9"]);
+        let at = "2026-11-25T01:00:00.000Z";
+        write(
+            &mut conn,
+            [&n9].into_iter(),
+            std::iter::empty(),
+            at,
+            true,
+            true,
+        )
+        .unwrap();
+        assert_eq!(seq_of(&conn, "n9"), seq_of(&conn, "n8") + 1);
+
+        // An older build stored two notifications on the 26th without their minutes: the bound
+        // from the minutes does not know them, the walk stops at the first.
+        let done = [
+            outcome(&conn, "n8", ForwardOutcome::Delivered),
+            outcome(&conn, "n9", ForwardOutcome::Delivered),
+        ];
+        write(&mut conn, std::iter::empty(), done.iter(), at, false, true).unwrap();
+        insert_row(
+            &conn,
+            "00Dxx0000001gPFEAY",
+            "n10",
+            "2026-11-26T10:00:00.000Z",
+        );
+        insert_row(
+            &conn,
+            "00Dxx0000001gPFEAY",
+            "n11",
+            "2026-11-26T10:00:00.000Z",
+        );
+        assert_eq!(prune_all(&mut conn, "2026-11-25T12:00:00.000Z"), 2);
+        assert_eq!(all_ids(&conn), ["n10", "n11"]);
     }
 
     #[test]
