@@ -1605,6 +1605,18 @@ mod tests {
         );
         assert_eq!(prune_all(&mut conn, "2026-11-25T12:00:00.000Z"), 2);
         assert_eq!(all_ids(&conn), ["n10", "n11"]);
+
+        // Everything received before the cutoff and nothing pending: the newest stays, and the
+        // next seq still follows it.
+        assert_eq!(prune_all(&mut conn, "2027-01-01T00:00:00.000Z"), 1);
+        assert_eq!(all_ids(&conn), ["n11"]);
+        insert_row(
+            &conn,
+            "00Dxx0000001gPFEAY",
+            "n12",
+            "2026-11-27T10:00:00.000Z",
+        );
+        assert_eq!(seq_of(&conn, "n12"), seq_of(&conn, "n11") + 1);
     }
 
     #[test]
