@@ -223,7 +223,7 @@ struct Writer {
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut batch = Batch::default();
-        let mut shutdown = None;
+        let (mut shutdown, mut pruning) = (None, None);
         while shutdown.is_none() {
             let Some(first) = rx.recv().await else { break };
             let mut next = Some(first);
@@ -234,7 +234,8 @@ impl Writer {
                         let _ = reply.send(self.probe().await);
                     }
                     Some(Control::Prune(step, reply)) => {
-                        let _ = reply.send(self.prune(&step).await);
+                        pruning = Some((step, reply));
+                        break;
                     }
                     Some(Control::Shutdown(done)) => {
                         shutdown = Some(done);
@@ -249,6 +250,10 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.commit_batch(&mut batch).await;
+            }
+            // As in the SQLite writer: after the commit of what came before it.
+            if let Some((step, reply)) = pruning.take() {
+                let _ = reply.send(self.prune(&step).await);
             }
         }
         if let Some(done) = shutdown {

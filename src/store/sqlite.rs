@@ -268,7 +268,7 @@ struct Writer {
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut batch = Batch::default();
-        let mut shutdown = None;
+        let (mut shutdown, mut pruning) = (None, None);
         while shutdown.is_none() {
             let Some(first) = rx.blocking_recv() else {
                 break;
@@ -282,9 +282,8 @@ impl Writer {
                         let _ = reply.send(self.probe());
                     }
                     Some(Control::Prune(step, reply)) => {
-                        let pruned = prune(&mut self.conn, &step)
-                            .map_err(|e| StoreError::Write(e.to_string()));
-                        let _ = reply.send(pruned);
+                        pruning = Some((step, reply));
+                        break;
                     }
                     Some(Control::Shutdown(done)) => {
                         shutdown = Some(done);
@@ -299,6 +298,13 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.commit_batch(&mut batch);
+            }
+            // After the commit of what came before it: the next step comes back through the
+            // queue, behind the messages that arrived meanwhile.
+            if let Some((step, reply)) = pruning.take() {
+                let pruned =
+                    prune(&mut self.conn, &step).map_err(|e| StoreError::Write(e.to_string()));
+                let _ = reply.send(pruned);
             }
         }
         // Closed before the reply: as its last connection closes, SQLite checkpoints the WAL
@@ -478,16 +484,19 @@ fn prune(conn: &mut Connection, step: &PruneStep) -> rusqlite::Result<Pruned> {
              AND NOT EXISTS (SELECT 1 FROM forward f WHERE f.seq = notifications.seq)",
         params![lo, hi],
     )?;
-    // Every notification kept has a seq of at least `floor`, so of the minutes whose
+    // Every notification kept has a seq of at least the lowest left, so of the minutes whose
     // `first_seq` is below it, the latest alone gives every `--since` the same lower bound:
-    // the others go, and the table stays as small as the retention.
-    tx.execute(
-        "DELETE FROM received_minutes
-         WHERE first_seq < (SELECT min(seq) FROM notifications)
-           AND minute < (SELECT max(minute) FROM received_minutes
-                         WHERE first_seq < (SELECT min(seq) FROM notifications))",
-        [],
-    )?;
+    // the others go, and the table stays as small as the retention. Once, by the last step:
+    // it reads the whole table (a row per minute), and until then the rows are still bounds.
+    if done {
+        tx.execute(
+            "DELETE FROM received_minutes
+             WHERE first_seq < (SELECT min(seq) FROM notifications)
+               AND minute < (SELECT max(minute) FROM received_minutes
+                             WHERE first_seq < (SELECT min(seq) FROM notifications))",
+            [],
+        )?;
+    }
     tx.commit()?;
     Ok(Pruned {
         deleted: deleted as u64,
