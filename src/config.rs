@@ -532,6 +532,16 @@ fn validate(c: &Config) -> Vec<String> {
             humantime::format_duration(c.store.retention)
         ));
     }
+    if !c.store.retention.is_zero()
+        && c.jetstream.url.is_some()
+        && c.jetstream.mode == JetStreamMode::Only
+    {
+        errors.push(
+            "[store] retention: there is no local store to delete from with [jetstream] mode = \
+             \"only\"; the stream's own limits (max_age) bound what it keeps"
+                .into(),
+        );
+    }
     if c.ca.default_days == 0 || c.ca.default_days > c.ca.max_days {
         errors.push(format!(
             "[ca] default_days: {} must be between 1 and max_days ({})",
@@ -911,6 +921,8 @@ mod tests {
             [jetstream]
             mode = "only"
             subject = "obm.*"
+            [store]
+            retention = "30d"
             [forward]
             url = "http://hooks.example.com/obm"
             secret = "short"
@@ -929,6 +941,7 @@ mod tests {
             "[forward] secret",
             "initial_backoff must not exceed max_backoff",
             "mode = \"only\" turns off",
+            "[store] retention: there is no local store",
         ] {
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
         }
