@@ -1499,6 +1499,19 @@ mod tests {
             .unwrap()
     }
 
+    /// Commits a message of `ids` at `at`, with forwarding on, as the writer does.
+    fn commit_at(conn: &mut Connection, ids: &[&str], at: &str) {
+        let m = message(ids);
+        let none = std::iter::empty();
+        write(conn, [&m].into_iter(), none, at, true, true).unwrap();
+    }
+
+    /// Records webhook results, as the writer does.
+    fn record(conn: &mut Connection, updates: &[ForwardUpdate]) {
+        let (none, at) = (std::iter::empty(), "2026-11-24T10:00:01.000Z");
+        write(conn, none, updates.iter(), at, false, true).unwrap();
+    }
+
     #[test]
     fn prune_deletes_what_the_retention_passed_but_not_a_pending_one_nor_the_newest() {
         let dir = tempfile::tempdir().unwrap();
@@ -1516,16 +1529,7 @@ mod tests {
             ("2026-11-24T10:00:00.000Z", vec!["n8"]),
         ];
         for (at, notifications) in &commits {
-            let m = message(notifications);
-            write(
-                &mut conn,
-                [&m].into_iter(),
-                std::iter::empty(),
-                at,
-                true,
-                true,
-            )
-            .unwrap();
+            commit_at(&mut conn, notifications, at);
         }
         let outcome = |conn: &Connection, id: &str, outcome| ForwardUpdate {
             seq: seq_of(conn, id),
@@ -1539,16 +1543,7 @@ mod tests {
         for id in ["n1", "n4", "n5", "n7"] {
             updates.push(outcome(&conn, id, ForwardOutcome::Delivered));
         }
-        let at = "2026-11-24T10:00:01.000Z";
-        write(
-            &mut conn,
-            std::iter::empty(),
-            updates.iter(),
-            at,
-            false,
-            true,
-        )
-        .unwrap();
+        record(&mut conn, &updates);
 
         // Received before November: n1 to n5 and n7. n3 is still pending; n7 was stored after
         // n6, which is recent, so it is past the bound and stays too.
@@ -1574,23 +1569,13 @@ mod tests {
             outcome(&conn, "n3", ForwardOutcome::Delivered),
             outcome(&conn, "n6", ForwardOutcome::Delivered),
         ];
-        write(&mut conn, std::iter::empty(), done.iter(), at, false, true).unwrap();
+        record(&mut conn, &done);
         assert_eq!(prune_all(&mut conn, "2026-11-25T00:00:00.000Z"), 3);
         assert_eq!(all_ids(&conn), ["n8"]);
         assert_eq!(count(&conn, "received_minutes"), 2);
         assert_since_matches_a_scan(&path, &conn);
         // The next notification's seq follows the newest: none comes back.
-        let n9 = message(&["n9"]);
-        let at = "2026-11-25T01:00:00.000Z";
-        write(
-            &mut conn,
-            [&n9].into_iter(),
-            std::iter::empty(),
-            at,
-            true,
-            true,
-        )
-        .unwrap();
+        commit_at(&mut conn, &["n9"], "2026-11-25T01:00:00.000Z");
         assert_eq!(seq_of(&conn, "n9"), seq_of(&conn, "n8") + 1);
 
         // An older build stored two notifications on the 26th without their minutes: the bound
@@ -1599,7 +1584,7 @@ mod tests {
             outcome(&conn, "n8", ForwardOutcome::Delivered),
             outcome(&conn, "n9", ForwardOutcome::Delivered),
         ];
-        write(&mut conn, std::iter::empty(), done.iter(), at, false, true).unwrap();
+        record(&mut conn, &done);
         insert_row(
             &conn,
             "00Dxx0000001gPFEAY",
