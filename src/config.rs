@@ -485,10 +485,10 @@ impl<'e> Reader<'e> {
     }
 }
 
-/// Checks that go beyond a value's type.
 /// The shortest `[store] retention`: Salesforce's retry window.
 const MIN_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
+/// Checks that go beyond a value's type.
 fn validate(c: &Config) -> Vec<String> {
     let mut errors = Vec::new();
     if c.admin.address == c.listen.address && c.listen.address.port() != 0 {
