@@ -1328,6 +1328,19 @@ mod tests {
         listed.into_iter().map(|n| n.notification_id).collect()
     }
 
+    /// Commits a message of `ids` at `at`, with forwarding on, as the writer does.
+    fn commit_at(conn: &mut Connection, ids: &[&str], at: &str) {
+        let m = message(ids);
+        let none = std::iter::empty();
+        write(conn, [&m].into_iter(), none, at, true, true).unwrap();
+    }
+
+    /// Records webhook results, as the writer does.
+    fn record(conn: &mut Connection, updates: &[ForwardUpdate]) {
+        let (none, at) = (std::iter::empty(), "2026-11-24T10:00:01.000Z");
+        write(conn, none, updates.iter(), at, false, true).unwrap();
+    }
+
     /// Every `--since` that matters for the rows in `conn`: each stored time, and a moment
     /// before and after each. Answered from the commits table and by a plain scan, the lists
     /// must be the same.
@@ -1380,8 +1393,7 @@ mod tests {
             ("2026-11-24T10:00:30.000Z", vec!["n6"]),
         ];
         for (at, notifications) in &commits {
-            let m = message(notifications);
-            write(&mut conn, [&m].into_iter(), none.clone(), at, true, false).unwrap();
+            commit_at(&mut conn, notifications, at);
         }
         let rows: Vec<(String, i64)> = conn
             .prepare("SELECT minute, first_seq FROM received_minutes ORDER BY first_seq")
@@ -1460,17 +1472,7 @@ mod tests {
 
         // This build stores a commit; then an older build, run on the same file, stores two
         // notifications without minutes.
-        let m = message(&["n5"]);
-        let none = std::iter::empty();
-        write(
-            &mut conn,
-            [&m].into_iter(),
-            none,
-            "2026-11-24T12:00:00.000Z",
-            true,
-            false,
-        )
-        .unwrap();
+        commit_at(&mut conn, &["n5"], "2026-11-24T12:00:00.000Z");
         insert(&conn, "n6", "2026-11-24T12:00:00.000Z");
         insert(&conn, "n7", "2026-11-24T09:00:00.000Z");
         drop(conn);
@@ -1509,28 +1511,6 @@ mod tests {
         .unwrap()
     }
 
-    fn all_ids(conn: &Connection) -> Vec<String> {
-        conn.prepare("SELECT notification_id FROM notifications ORDER BY seq")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    }
-
-    /// Commits a message of `ids` at `at`, with forwarding on, as the writer does.
-    fn commit_at(conn: &mut Connection, ids: &[&str], at: &str) {
-        let m = message(ids);
-        let none = std::iter::empty();
-        write(conn, [&m].into_iter(), none, at, true, true).unwrap();
-    }
-
-    /// Records webhook results, as the writer does.
-    fn record(conn: &mut Connection, updates: &[ForwardUpdate]) {
-        let (none, at) = (std::iter::empty(), "2026-11-24T10:00:01.000Z");
-        write(conn, none, updates.iter(), at, false, true).unwrap();
-    }
-
     #[test]
     fn prune_deletes_what_the_retention_passed_but_not_a_pending_one_nor_the_newest() {
         let dir = tempfile::tempdir().unwrap();
@@ -1567,7 +1547,7 @@ mod tests {
         // Received before November: n1 to n5 and n7. n3 is still pending; n7 was stored after
         // n6, which is recent, so it is past the bound and stays too.
         assert_eq!(prune_all(&mut conn, "2026-11-01T00:00:00.000Z"), 4);
-        assert_eq!(all_ids(&conn), ["n3", "n6", "n7", "n8"]);
+        assert_eq!(ids(&path, &Filter::default()), ["n3", "n6", "n7", "n8"]);
         assert_eq!(
             count(&conn, "forward"),
             4,
@@ -1590,7 +1570,7 @@ mod tests {
         ];
         record(&mut conn, &done);
         assert_eq!(prune_all(&mut conn, "2026-11-25T00:00:00.000Z"), 3);
-        assert_eq!(all_ids(&conn), ["n8"]);
+        assert_eq!(ids(&path, &Filter::default()), ["n8"]);
         assert_eq!(count(&conn, "received_minutes"), 2);
         assert_since_matches_a_scan(&path, &conn);
         // The next notification's seq follows the newest: none comes back.
@@ -1617,12 +1597,12 @@ mod tests {
             "2026-11-26T10:00:00.000Z",
         );
         assert_eq!(prune_all(&mut conn, "2026-11-25T12:00:00.000Z"), 2);
-        assert_eq!(all_ids(&conn), ["n10", "n11"]);
+        assert_eq!(ids(&path, &Filter::default()), ["n10", "n11"]);
 
         // Everything received before the cutoff and nothing pending: the newest stays, and the
         // next seq still follows it.
         assert_eq!(prune_all(&mut conn, "2027-01-01T00:00:00.000Z"), 1);
-        assert_eq!(all_ids(&conn), ["n11"]);
+        assert_eq!(ids(&path, &Filter::default()), ["n11"]);
         insert_row(
             &conn,
             "00Dxx0000001gPFEAY",
