@@ -407,30 +407,18 @@ async fn the_last_of_several_webhook_results_for_a_notification_is_kept() {
     }
 }
 
-/// Makes the notifications `ids` look received in 2020: the stores' own clocks cannot be set
-/// back. The SQLite store's minutes are emptied, and rebuilt by the writer when it opens.
-async fn received_in_2020(config: &obm_gate::config::Store, ids: &[String]) {
-    let old = "2020-01-01T00:00:00.000Z";
-    match &config.url {
-        Some(url) => {
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let sql = "UPDATE obm_notifications SET received_at = $1
-                       WHERE notification_id = ANY($2)";
-            let aged = client.execute(sql, &[&old, &ids]).await.unwrap();
-            assert_eq!(aged, ids.len() as u64);
-        }
-        None => {
-            let conn = rusqlite::Connection::open(&config.path).unwrap();
-            for id in ids {
-                let sql = "UPDATE notifications SET received_at = ?1 WHERE notification_id = ?2";
-                assert_eq!(conn.execute(sql, [old, id]).unwrap(), 1);
-            }
-            conn.execute("DELETE FROM received_minutes", []).unwrap();
-        }
-    }
+/// Makes the notifications `ids` look received in 2020, in either backend.
+async fn backdate(config: &obm_gate::config::Store, ids: &[String]) {
+    let Some(url) = &config.url else {
+        return received_in_2020(&config.path, ids);
+    };
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let sql = "UPDATE obm_notifications SET received_at = $1 WHERE notification_id = ANY($2)";
+    let aged = client.execute(sql, &[&IN_2020, &ids]).await.unwrap();
+    assert_eq!(aged, ids.len() as u64);
 }
 
 /// Retention on both backends, through the store's own interface: what was received before
@@ -462,7 +450,7 @@ async fn prune_deletes_what_was_received_before_the_cutoff_but_not_what_is_pendi
         store.record_forward(updates).await.unwrap();
         store.shutdown().await;
         drop(store);
-        received_in_2020(&config, &[nid(1), nid(2), nid(3), nid(4)][..]).await;
+        backdate(&config, &[nid(1), nid(2), nid(3), nid(4)]).await;
 
         let store = Store::open(&config, true, metrics.clone()).await.unwrap();
         store.commit(wide_message(5, 1, 10)).await.unwrap();

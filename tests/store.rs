@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{
     Key, ORG_A, Spec, TestServer, admin_get, age_store, eventually, filled_store, metric, nid,
-    pragma, self_signed, wide_message,
+    pragma, received_in_2020, self_signed, wide_message,
 };
 use obm_gate::metrics::Metrics;
 use obm_gate::store::Store;
@@ -207,17 +207,7 @@ async fn a_receiver_with_retention_deletes_what_it_passed_and_counts_it() {
     store.commit(wide_message(3, 1, 100)).await.unwrap();
     store.shutdown().await;
     drop(store);
-    let conn = rusqlite::Connection::open(&config.path).unwrap();
-    let aged = conn
-        .execute(
-            "UPDATE notifications SET received_at = '2020-01-01T00:00:00.000Z'
-             WHERE notification_id <> ?1",
-            [nid(3)],
-        )
-        .unwrap();
-    assert_eq!(aged, 3);
-    conn.execute("DELETE FROM received_minutes", []).unwrap();
-    drop(conn);
+    received_in_2020(&config.path, &[nid(0), nid(1), nid(2)]);
 
     let server = TestServer::start_with(|c, dir| {
         std::fs::create_dir_all(dir.join("data")).unwrap();

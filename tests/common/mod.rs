@@ -545,6 +545,20 @@ pub fn age_store(path: &Path) {
         .unwrap();
 }
 
+/// When the back-dated notifications say they were received.
+pub const IN_2020: &str = "2020-01-01T00:00:00.000Z";
+
+/// Makes the notifications `ids` of a stopped SQLite store look received in 2020 (a store's own
+/// clock cannot be set back), and empties its minutes, which the writer rebuilds when it opens.
+pub fn received_in_2020(path: &Path, ids: &[String]) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    for id in ids {
+        let sql = "UPDATE notifications SET received_at = ?1 WHERE notification_id = ?2";
+        assert_eq!(conn.execute(sql, [IN_2020, id]).unwrap(), 1, "{id}");
+    }
+    conn.execute("DELETE FROM received_minutes", []).unwrap();
+}
+
 /// One PRAGMA's value, read from a store file on a connection of its own.
 pub fn pragma<T: rusqlite::types::FromSql>(path: &Path, name: &str) -> T {
     rusqlite::Connection::open(path)
