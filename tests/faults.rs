@@ -99,7 +99,7 @@ async fn a_full_disk_is_503_then_recovers_without_a_restart() {
 /// rollback journal the rewrite needs: it refuses before it starts, says how much it needs and
 /// where, and leaves the store as it was; with room again it succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compact_on_a_full_disk_fails_and_leaves_the_store_as_it_was() {
+async fn compact_on_a_full_disk_refuses_and_leaves_the_store_as_it_was() {
     use obm_gate::store::{Filter, StoreError, compact};
 
     let root = tempfile::tempdir().unwrap();
