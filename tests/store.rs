@@ -7,10 +7,8 @@ use std::time::Duration;
 
 use common::{
     Key, ORG_A, Spec, TestServer, admin_get, age_store, eventually, filled_store, metric, nid,
-    pragma, received_in_2020, self_signed, wide_message,
+    pragma, received_in_2020, self_signed, sqlite_store, wide_message,
 };
-use obm_gate::metrics::Metrics;
-use obm_gate::store::Store;
 
 /// The WAL is checkpointed back into the database file as it grows (SQLite's automatic
 /// checkpoint, set to every 4 MB of WAL, inside the writer's commit). Write a burst of 30 MB: the
@@ -19,11 +17,7 @@ use obm_gate::store::Store;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wal_is_checkpointed_and_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = obm_gate::Config::default().store;
-    config.path = dir.path().join("obm-gate.db");
-    let store = Store::open(&config, false, Arc::new(Metrics::new()))
-        .await
-        .unwrap();
+    let (store, config) = sqlite_store(&dir.path().join("obm-gate.db")).await;
     let db_len = || std::fs::metadata(&config.path).map(|m| m.len()).unwrap();
     let wal_len = || {
         std::fs::metadata(config.path.with_extension("db-wal"))
@@ -106,9 +100,7 @@ async fn compact_rewrites_an_old_store_at_16_kib_pages_and_keeps_every_row() {
     assert_eq!(pragma::<i64>(&config.path, "freelist_count"), 0);
     assert_eq!(pragma::<String>(&config.path, "journal_mode"), "wal");
 
-    let store = Store::open(&config, false, Arc::new(Metrics::new()))
-        .await
-        .unwrap();
+    let (store, _) = sqlite_store(&config.path).await;
     assert_eq!(
         store
             .commit(wide_message(2_000, 1, 1_000))
@@ -198,11 +190,7 @@ async fn every_minute_of_stored_notifications_names_its_first_seq_for_since() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_with_retention_deletes_what_it_passed_and_counts_it() {
     let old = tempfile::tempdir().unwrap();
-    let mut config = obm_gate::Config::default().store;
-    config.path = old.path().join("obm-gate.db");
-    let store = Store::open(&config, false, Arc::new(Metrics::new()))
-        .await
-        .unwrap();
+    let (store, config) = sqlite_store(&old.path().join("obm-gate.db")).await;
     store.commit(wide_message(0, 3, 100)).await.unwrap();
     store.commit(wide_message(3, 1, 100)).await.unwrap();
     store.shutdown().await;

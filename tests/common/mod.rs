@@ -514,15 +514,22 @@ pub fn wide_message(
     }
 }
 
-/// The SQLite store at `path`, open, with 20 messages of 50 notifications (1 KB descriptions)
-/// committed: enough pages for the compact tests. Returns its config too, to reopen it.
-pub async fn filled_store(path: &Path) -> (obm_gate::store::Store, obm_gate::config::Store) {
+/// The SQLite store at `path` with the default settings, open (created if needed), with its
+/// config, to reopen it.
+pub async fn sqlite_store(path: &Path) -> (obm_gate::store::Store, obm_gate::config::Store) {
     let mut config = Config::default().store;
     config.path = path.to_owned();
     let store =
         obm_gate::store::Store::open(&config, false, Arc::new(obm_gate::metrics::Metrics::new()))
             .await
             .unwrap();
+    (store, config)
+}
+
+/// The SQLite store at `path`, open, with 20 messages of 50 notifications (1 KB descriptions)
+/// committed: enough pages for the compact tests. Returns its config too, to reopen it.
+pub async fn filled_store(path: &Path) -> (obm_gate::store::Store, obm_gate::config::Store) {
+    let (store, config) = sqlite_store(path).await;
     for m in 0..20 {
         let stored = store
             .commit(wide_message(m * 100, 50, 1_000))
