@@ -119,6 +119,14 @@ impl Forwarder {
             let mut wake = now + POLL.as_millis() as i64;
             match reader.heads(HEADS).await {
                 Ok(heads) => {
+                    // The backlog, for alerting. Delivery is in order per org, so an org's head
+                    // has waited longest of its notifications (a replayed one counts from its
+                    // replay), and the oldest head is how far the webhook is behind.
+                    let oldest = heads.iter().map(|h| h.queued_ms).min();
+                    self.metrics.forward_pending_orgs.set(heads.len() as i64);
+                    self.metrics
+                        .forward_oldest_pending
+                        .set(oldest.map_or(0, |q| (now - q).max(0) / 1000));
                     for head in heads {
                         if in_flight.values().any(|org| *org == head.org_id) {
                             continue;

@@ -37,6 +37,11 @@ pub struct Metrics {
     registry: Registry,
     /// Webhook delivery attempts by outcome: delivered, retry, dead.
     pub forward_attempts: Family<OutcomeLabels, Counter>,
+    /// Orgs with a notification waiting for the webhook, as the forwarder last read the queue.
+    pub forward_pending_orgs: Gauge,
+    /// Seconds since the next notification of the longest-waiting org was queued (or queued
+    /// again by `messages replay`) for the webhook; 0 when none waits.
+    pub forward_oldest_pending: Gauge,
     /// JetStream publishes by outcome: stored, duplicate.
     pub jetstream_published: Family<OutcomeLabels, Counter>,
     pub handshakes: Family<HandshakeLabels, Counter>,
@@ -78,11 +83,23 @@ impl Metrics {
         let commit_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let certificate_expiry = Family::<CertLabels, Gauge<i64>>::default();
         let forward_attempts = Family::<OutcomeLabels, Counter>::default();
+        let forward_pending_orgs = Gauge::default();
+        let forward_oldest_pending = Gauge::default();
         let jetstream_published = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "forward_attempts",
             "Webhook delivery attempts by outcome (delivered, retry, dead)",
             forward_attempts.clone(),
+        );
+        registry.register(
+            "forward_pending_orgs",
+            "Orgs with notifications waiting for the webhook (the forwarder reads up to 1024)",
+            forward_pending_orgs.clone(),
+        );
+        registry.register(
+            "forward_oldest_pending_seconds",
+            "Seconds the longest-waiting org's next notification has been queued for the webhook",
+            forward_oldest_pending.clone(),
         );
         registry.register(
             "jetstream_published",
@@ -142,6 +159,8 @@ impl Metrics {
         Metrics {
             registry,
             forward_attempts,
+            forward_pending_orgs,
+            forward_oldest_pending,
             jetstream_published,
             handshakes,
             requests,

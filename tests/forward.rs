@@ -228,6 +228,64 @@ async fn dead_letters_are_listed_and_replayed() {
     server.stop().await;
 }
 
+/// While the endpoint fails, `/metrics` shows the backlog: the orgs waiting, and how long the
+/// longest-waiting org's next notification has been queued (the oldest head, not the newest);
+/// once the endpoint recovers, both are 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_backlog_is_in_the_metrics_until_the_endpoint_recovers() {
+    let hook = Webhook::start().await;
+    hook.answer(Answer::Fail(503));
+    let server = TestServer::start_with(|c, _| {
+        forward_to(c, &hook);
+        c.forward.max_attempts = 1000;
+    })
+    .await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "backlog"));
+    server.register(ORG_A, "backlog", &id);
+    server.register(ORG_B, "backlog", &id);
+    let client = server.client(Some(&id));
+    // (orgs waiting, seconds the oldest head has waited), once one of them satisfies `done`.
+    let backlog_until = |what: &'static str, done: fn(f64, f64) -> bool| {
+        let state = server.state.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let (_, text) = admin_get(&state, "/metrics").await;
+                let seen = (
+                    metric(&text, "obm_gate_forward_pending_orgs"),
+                    metric(&text, "obm_gate_forward_oldest_pending_seconds"),
+                );
+                if done(seen.0, seen.1) {
+                    return seen;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "timed out waiting for {what}; last seen {seen:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    client.ack(ORG_A, &[nid(1), nid(2)]).await;
+    backlog_until("org A's head a second old", |orgs, age| {
+        orgs == 1.0 && age >= 1.0
+    })
+    .await;
+    // A second org's head, queued now, does not make the backlog look younger.
+    client.ack(ORG_B, &[nid(3)]).await;
+    let (_, age) = backlog_until("two orgs waiting", |orgs, _| orgs == 2.0).await;
+    assert!(
+        age >= 1.0,
+        "the oldest head's age, not the newest's: {age} s"
+    );
+
+    hook.answer(Answer::Ok);
+    backlog_until("an empty backlog", |orgs, age| orgs == 0.0 && age == 0.0).await;
+    assert_eq!(hook.delivered_ids().len(), 3);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_older_than_max_age_is_dead_lettered_after_one_failure() {
     let hook = Webhook::start().await;
