@@ -65,43 +65,39 @@ fn ingest(c: &mut Criterion) {
     group.finish();
 }
 
-fn floor(c: &mut Criterion) {
-    let mut group = c.benchmark_group("quick_xml_floor");
+/// A group over the 1- and 100-notification messages as text, each run of `read` on one.
+fn over_text(c: &mut Criterion, name: &str, read: impl Fn(&str) -> usize) {
+    let mut group = c.benchmark_group(name);
     for n in [1, 100] {
         let body = message(n);
         let text = std::str::from_utf8(&body).unwrap();
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function(format!("{n}_notifications_{}B", body.len()), |b| {
-            b.iter(|| {
-                let mut reader = Reader::from_str(black_box(text));
-                reader.config_mut().check_end_names = true;
-                let mut events = 0;
-                while !matches!(reader.read_event().unwrap(), Event::Eof) {
-                    events += 1;
-                }
-                events
-            })
+            b.iter(|| read(black_box(text)))
         });
     }
     group.finish();
 }
 
+fn floor(c: &mut Criterion) {
+    over_text(c, "quick_xml_floor", |text| {
+        let mut reader = Reader::from_str(text);
+        reader.config_mut().check_end_names = true;
+        let mut events = 0;
+        while !matches!(reader.read_event().unwrap(), Event::Eof) {
+            events += 1;
+        }
+        events
+    });
+}
+
 fn roxmltree(c: &mut Criterion) {
-    let mut group = c.benchmark_group("roxmltree_document");
-    for n in [1, 100] {
-        let body = message(n);
-        let text = std::str::from_utf8(&body).unwrap();
-        group.throughput(Throughput::Bytes(body.len() as u64));
-        group.bench_function(format!("{n}_notifications_{}B", body.len()), |b| {
-            b.iter(|| {
-                roxmltree::Document::parse(black_box(text))
-                    .unwrap()
-                    .descendants()
-                    .count()
-            })
-        });
-    }
-    group.finish();
+    over_text(c, "roxmltree_document", |text| {
+        roxmltree::Document::parse(text)
+            .unwrap()
+            .descendants()
+            .count()
+    });
 }
 
 criterion_group!(benches, parse, ingest, floor, roxmltree);
