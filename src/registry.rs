@@ -38,6 +38,9 @@ pub struct CertInfo {
     /// `basicConstraints CA:TRUE`.
     pub is_ca: bool,
     pub der: CertificateDer<'static>,
+    /// Where the SubjectPublicKeyInfo lies in `der`: the key that checks the handshake
+    /// signature, found once here rather than by parsing the certificate in every handshake.
+    spki: std::ops::Range<usize>,
 }
 
 impl CertInfo {
@@ -46,6 +49,9 @@ impl CertInfo {
         let (_, cert) = X509Certificate::from_der(der.as_ref())
             .map_err(|e| CertFileError::Malformed(e.to_string()))?;
         let tbs = &cert.tbs_certificate;
+        // The parser borrows from `der`, so the key's bytes are a slice of it.
+        let raw = tbs.subject_pki.raw;
+        let start = raw.as_ptr() as usize - der.as_ref().as_ptr() as usize;
         let info = CertInfo {
             fingerprint: Fingerprint::of_der(der.as_ref()),
             subject: tbs.subject.to_string(),
@@ -61,8 +67,14 @@ impl CertInfo {
                 .map(|eku| eku.value.client_auth || eku.value.any),
             is_ca: cert.is_ca(),
             der: CertificateDer::from(Vec::new()),
+            spki: start..start + raw.len(),
         };
         Ok(CertInfo { der, ..info })
+    }
+
+    /// The certificate's SubjectPublicKeyInfo, DER.
+    pub fn spki(&self) -> &[u8] {
+        &self.der.as_ref()[self.spki.clone()]
     }
 
     /// Whole days from `now` to the end of the validity period (negative once expired).
@@ -427,4 +439,37 @@ fn log_problems(snapshot: &Snapshot) {
         skipped = snapshot.problems.len(),
         "registry loaded"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519,
+        PKCS_RSA_SHA256, PublicKeyData, RsaKeySize,
+    };
+
+    /// The key the handshake signature is checked with is the certificate's own, for every key
+    /// type a client may present.
+    #[test]
+    fn spki_is_the_certificates_public_key() {
+        let keys = [
+            KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_2048).unwrap(),
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap(),
+            KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap(),
+            KeyPair::generate_for(&PKCS_ED25519).unwrap(),
+        ];
+        for key in keys {
+            let mut params = CertificateParams::new(vec!["client.example".into()]).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let cert = params.self_signed(&key).unwrap();
+            let info = CertInfo::from_der(cert.der().clone()).unwrap();
+            assert_eq!(
+                info.spki(),
+                key.subject_public_key_info(),
+                "{:?}",
+                key.algorithm()
+            );
+        }
+    }
 }

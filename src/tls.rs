@@ -519,8 +519,16 @@ impl RegistryVerifier {
         }))
     }
 
-    /// The public key of a certificate, read without webpki's end-entity rules.
-    fn spki(cert: &CertificateDer<'_>) -> Result<Vec<u8>, rustls::Error> {
+    /// The public key of a certificate, read without webpki's end-entity rules: from the
+    /// registry, which found it when it loaded the certificate. Parsing the certificate in every
+    /// handshake was 1.9% of the server's samples in scenario (a), about 4 µs of a full
+    /// handshake's 223; the look-up by fingerprint is 0.3%. A certificate that a reload removed
+    /// since `verify_client_cert` accepted it is parsed here.
+    fn spki(&self, cert: &CertificateDer<'_>) -> Result<Vec<u8>, rustls::Error> {
+        let fp = Fingerprint::of_der(cert.as_ref());
+        if let Some(entry) = self.registry.snapshot().get(&fp) {
+            return Ok(entry.cert.spki().to_vec());
+        }
         let (_, parsed) = X509Certificate::from_der(cert.as_ref())
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         Ok(parsed.tbs_certificate.subject_pki.raw.to_vec())
@@ -580,7 +588,7 @@ impl ClientCertVerifier for RegistryVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let spki = Self::spki(cert)?;
+        let spki = self.spki(cert)?;
         let spki = SubjectPublicKeyInfoDer::from(spki.as_slice());
         let key = webpki::RawPublicKeyEntity::try_from(&spki)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
@@ -607,7 +615,7 @@ impl ClientCertVerifier for RegistryVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let spki = Self::spki(cert)?;
+        let spki = self.spki(cert)?;
         rustls::crypto::verify_tls13_signature_with_raw_key(
             message,
             &SubjectPublicKeyInfoDer::from(spki.as_slice()),
