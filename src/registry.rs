@@ -49,9 +49,16 @@ impl CertInfo {
         let (_, cert) = X509Certificate::from_der(der.as_ref())
             .map_err(|e| CertFileError::Malformed(e.to_string()))?;
         let tbs = &cert.tbs_certificate;
-        // The parser borrows from `der`, so the key's bytes are a slice of it.
+        // The parser borrows from `der`, so the key's bytes are a slice of it; checked, not
+        // assumed, so that no parser change can make `spki` index outside the certificate.
         let raw = tbs.subject_pki.raw;
-        let start = raw.as_ptr() as usize - der.as_ref().as_ptr() as usize;
+        let start = (raw.as_ptr() as usize).wrapping_sub(der.as_ref().as_ptr() as usize);
+        let spki = start..start.wrapping_add(raw.len());
+        if der.as_ref().get(spki.clone()) != Some(raw) {
+            return Err(CertFileError::Malformed(
+                "its public key could not be read".into(),
+            ));
+        }
         let info = CertInfo {
             fingerprint: Fingerprint::of_der(der.as_ref()),
             subject: tbs.subject.to_string(),
@@ -67,7 +74,7 @@ impl CertInfo {
                 .map(|eku| eku.value.client_auth || eku.value.any),
             is_ca: cert.is_ca(),
             der: CertificateDer::from(Vec::new()),
-            spki: start..start + raw.len(),
+            spki,
         };
         Ok(CertInfo { der, ..info })
     }
@@ -460,8 +467,7 @@ mod tests {
             KeyPair::generate_for(&PKCS_ED25519).unwrap(),
         ];
         for key in keys {
-            let mut params = CertificateParams::new(vec!["client.example".into()]).unwrap();
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let params = CertificateParams::new(vec!["client.example".into()]).unwrap();
             let cert = params.self_signed(&key).unwrap();
             let info = CertInfo::from_der(cert.der().clone()).unwrap();
             assert_eq!(
