@@ -171,6 +171,19 @@ fn namespace_scopes_end_with_their_element() {
         ),
         &format!("{ONE_HEAD}\n04lxx000000CaShAAK Account Name=\"Acme\""),
     );
+    // The declaration may come after the attribute it binds, and xsi:nil may come after more
+    // prefixed attributes than the parser keeps aside in its one pass over a tag.
+    check(
+        &one(
+            r#"<sf:Phone i:nil="true" xmlns:i="http://www.w3.org/2001/XMLSchema-instance"/><sf:Fax a:p="1" a:q="2" a:r="3" a:s="4" a:t="5" xsi:nil="true" xmlns:a="urn:a"/><sf:Name a:p="1" a:q="2" a:r="3" a:s="4" a:t="5" xmlns:a="urn:a">Acme</sf:Name>"#,
+        ),
+        &format!("{ONE_HEAD}\n04lxx000000CaShAAK Account Name=\"Acme\""),
+    );
+    // An attribute written twice is malformed, whether or not the parser looks at it.
+    let got = render(soap::parse(&one(
+        r#"<sf:Name a:p="1" a:p="2" xmlns:a="urn:a">Acme</sf:Name>"#,
+    )));
+    assert!(got.starts_with("error[malformed_xml]"), "{got}");
     // The prefix declared on that field is gone at the next one: `i:nil` there is in no known
     // namespace, so it is not xsi:nil, and the value is kept.
     check(
@@ -197,6 +210,77 @@ fn nil_and_omitted_fields_and_deleted_records() {
         &one("<sf:Description>  two\n lines </sf:Description>"),
         &format!("{ONE_HEAD}\n04lxx000000CaShAAK Account Description=\"  two\\n lines \""),
     );
+}
+
+/// What a field's value is, however its content is split up, and how a field that breaks off
+/// is refused.
+#[test]
+fn field_content() {
+    let cases = [
+        // Comments and processing instructions inside a value are dropped; the text around
+        // them is joined.
+        ("<sf:Name>Ac<!-- note -->me</sf:Name>", r#"Name="Acme""#),
+        ("<sf:Name>a<?pi x?>b</sf:Name>", r#"Name="ab""#),
+        (
+            "<sf:Name><![CDATA[<a>]]>&amp;b</sf:Name>",
+            r#"Name="<a>&b""#,
+        ),
+        ("<sf:Name>&#65;&#x42;</sf:Name>", r#"Name="AB""#),
+        // Line ends are normalized as XML 1.0 says.
+        (
+            "<sf:Description>one\r\ntwo\rthree</sf:Description>",
+            r#"Description="one\ntwo\nthree""#,
+        ),
+        // An empty field is kept, whichever way it is written.
+        ("<sf:Name/><sf:Site></sf:Site>", r#"Name="" Site="""#),
+        // An attribute that is not xsi:nil changes nothing.
+        (r#"<sf:Name lang="en">X</sf:Name>"#, r#"Name="X""#),
+        (r#"<sf:Name lang="en"/>"#, r#"Name="""#),
+        // A field without a prefix, and whitespace and comments between fields.
+        (
+            "\n <Name>X</Name> <!-- c -->\n <sf:Site>Y</sf:Site>\n",
+            r#"Name="X" Site="Y""#,
+        ),
+    ];
+    for (fields, expected) in cases {
+        check(
+            &one(fields),
+            &format!("{ONE_HEAD}\n04lxx000000CaShAAK Account {expected}"),
+        );
+    }
+    let refused = [
+        (
+            "<sf:Name>A</sf:Name>stray",
+            "error[bad_notification]: Notification #1: text is not allowed in <sObject>",
+        ),
+        ("<sf:Name>A</sf:Nome>", "error[malformed_xml]"),
+        ("<sf:Name>&bogus;</sf:Name>", "error[entity]"),
+        ("<sf:Name>&#0;</sf:Name>", "error[entity]"),
+    ];
+    for (fields, expected) in refused {
+        let got = render(soap::parse(&one(fields)));
+        assert!(
+            got.starts_with(expected),
+            "{fields}\n got: {got}\nwant: {expected}"
+        );
+    }
+    // A body that breaks off inside a field, or between fields, names what it ended in.
+    let open = format!(
+        r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><s:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound">{HEAD}<Notification><Id>04lxx000000CaShAAK</Id><sObject xsi:type="sf:Account" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">"#
+    );
+    for (rest, inside) in [
+        ("<sf:Name>Acm", "Name"),
+        ("<sf:Name>Acme &amp; Co", "Name"),
+        ("<sf:Name>Acme</sf:Name>", "sObject"),
+        (r#"<sf:Name lang="en">Acm"#, "Name"),
+    ] {
+        check(
+            format!("{open}{rest}").as_bytes(),
+            &format!(
+                "error[truncated]: the body ended before </{inside}>: the message is truncated"
+            ),
+        );
+    }
 }
 
 #[test]
