@@ -121,7 +121,9 @@ impl Forwarder {
                 Ok(heads) => {
                     // The backlog, for alerting. Delivery is in order per org, so an org's head
                     // has waited longest of its notifications (a replayed one counts from its
-                    // replay), and the oldest head is how far the webhook is behind.
+                    // replay), and the oldest head is how far the webhook is behind. Only the
+                    // heads read count: past `HEADS` orgs, those backed off longest are left
+                    // out, and the age reads low (README says so).
                     let oldest = heads.iter().map(|h| h.queued_ms).min();
                     self.metrics.forward_pending_orgs.set(heads.len() as i64);
                     self.metrics
