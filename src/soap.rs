@@ -1,9 +1,10 @@
 //! SOAP: parsing Outbound Message envelopes and writing the acknowledgment and faults.
 //!
 //! This is the only module that knows XML. The parser is a streaming pass over quick-xml events
-//! that borrows every value from the request body where it can (a value is copied only when it
-//! contains an entity or character reference). It matches elements by namespace, never by prefix,
-//! refuses DTDs and unknown entities, and bounds depth and the count of notifications.
+//! that borrows every value from the request body where it can (a value is copied only when its
+//! pieces must be joined, around a reference, CDATA or a comment, or a `\r` normalized). It
+//! matches elements by namespace, never by prefix, refuses DTDs and unknown entities, and bounds
+//! depth and the count of notifications.
 
 use std::borrow::Cow;
 
