@@ -179,6 +179,14 @@ fn namespace_scopes_end_with_their_element() {
         ),
         &format!("{ONE_HEAD}\n04lxx000000CaShAAK Account Name=\"Acme\""),
     );
+    // A field with content that declares the xsi prefix: the declaration ends with that field's
+    // end tag, so `i:nil` on the next field is in no known namespace, and its value is kept.
+    check(
+        &one(
+            r#"<sf:Phone xmlns:i="http://www.w3.org/2001/XMLSchema-instance">555</sf:Phone><sf:Name i:nil="true">Acme</sf:Name>"#,
+        ),
+        &format!("{ONE_HEAD}\n04lxx000000CaShAAK Account Phone=\"555\" Name=\"Acme\""),
+    );
     // An attribute written twice is malformed, whether or not the parser looks at it.
     let got = render(soap::parse(&one(
         r#"<sf:Name a:p="1" a:p="2" xmlns:a="urn:a">Acme</sf:Name>"#,
