@@ -118,18 +118,16 @@ impl Forwarder {
             let now = now_ms();
             let mut wake = now + POLL.as_millis() as i64;
             match reader.heads(HEADS).await {
-                Ok(heads) => {
+                Ok(read) => {
                     // The backlog, for alerting. Delivery is in order per org, so an org's head
                     // has waited longest of its notifications (a replayed one counts from its
-                    // replay), and the oldest head is how far the webhook is behind. Only the
-                    // heads read count: past `HEADS` orgs, those backed off longest are left
-                    // out, and the age reads low (README says so).
-                    let oldest = heads.iter().map(|h| h.queued_ms).min();
-                    self.metrics.forward_pending_orgs.set(heads.len() as i64);
+                    // replay), and the oldest head is how far the webhook is behind. Both come
+                    // from every org waiting, not only the `HEADS` read.
+                    self.metrics.forward_pending_orgs.set(read.orgs);
                     self.metrics
                         .forward_oldest_pending
-                        .set(oldest.map_or(0, |q| (now - q).max(0) / 1000));
-                    for head in heads {
+                        .set(read.oldest_queued_ms.map_or(0, |q| (now - q).max(0) / 1000));
+                    for head in read.heads {
                         if in_flight.values().any(|org| *org == head.org_id) {
                             continue;
                         }

@@ -407,6 +407,65 @@ async fn the_last_of_several_webhook_results_for_a_notification_is_kept() {
     }
 }
 
+/// The forwarding backlog counts every org waiting, also those past the limit of one read of
+/// the queue: three orgs, a read of one. The org queued first, then backed off for an hour, is
+/// not read (the soonest due comes first), and its head is still the oldest. The forwarder's
+/// gauges used to come from the heads it read, so past 1,024 orgs they read low in exactly the
+/// outage they are there to show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forwarding_backlog_counts_every_org_waiting_past_the_limit_of_a_read() {
+    let dir = tempfile::tempdir().unwrap();
+    for (backend, config) in both_backends(&dir).await {
+        let store = Store::open(&config, true, Arc::new(Metrics::new()))
+            .await
+            .unwrap();
+        let mut reader = store.forward_reader();
+        let org = |n: usize| OrgId::parse(&format!("00Dxx{n:010}")).unwrap();
+        let commit = |n: usize| {
+            let mut message = wide_message(10 * n, 2, 1);
+            message.org = org(n);
+            store.commit(message)
+        };
+        commit(1).await.unwrap();
+        let first = reader.heads(10).await.unwrap().heads.remove(0);
+        // The other orgs are queued at a later millisecond than the first.
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while obm_gate::store::now_ms() <= first.queued_ms {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clock stands still"
+            );
+            std::hint::spin_loop();
+        }
+        commit(2).await.unwrap();
+        commit(3).await.unwrap();
+        let backed_off = ForwardUpdate {
+            seq: first.seq,
+            attempts: 1,
+            outcome: ForwardOutcome::Retry {
+                next_attempt_ms: obm_gate::store::now_ms() + 3_600_000,
+                error: "503".into(),
+            },
+        };
+        store.record_forward(vec![backed_off]).await.unwrap();
+
+        let read = reader.heads(1).await.unwrap();
+        assert_eq!(read.heads.len(), 1, "{backend}");
+        assert_ne!(
+            read.heads[0].org_id,
+            org(1).as_str(),
+            "{backend}: soonest due first"
+        );
+        assert_eq!(read.orgs, 3, "{backend}: every org waiting");
+        assert_eq!(
+            read.oldest_queued_ms,
+            Some(first.queued_ms),
+            "{backend}: the oldest head is the backed-off org's, which was not read"
+        );
+        store.shutdown().await;
+    }
+}
+
 /// Makes the notifications `ids` look received in 2020, in either backend.
 async fn backdate(config: &obm_gate::config::Store, ids: &[String]) {
     let Some(url) = &config.url else {

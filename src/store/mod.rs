@@ -229,6 +229,19 @@ pub struct Outgoing {
     pub queued_ms: i64,
 }
 
+/// One read of the forwarding queue.
+#[derive(Debug, Clone, Default)]
+pub struct Heads {
+    /// The oldest pending notification of each org, soonest due first, at most as many as
+    /// asked for.
+    pub heads: Vec<Outgoing>,
+    /// Orgs with a notification pending: every one, also those past the limit of `heads`.
+    pub orgs: i64,
+    /// When the longest-waiting org's head was queued (Unix milliseconds), over every org:
+    /// an org backed off past the limit of `heads` still counts.
+    pub oldest_queued_ms: Option<i64>,
+}
+
 /// The result of one delivery attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ForwardOutcome {
@@ -525,9 +538,10 @@ pub enum ForwardReader {
 }
 
 impl ForwardReader {
-    /// The oldest pending notification of each org (at most `limit` orgs), soonest due first.
-    /// Empty on a PostgreSQL receiver that is not the forwarding leader.
-    pub async fn heads(&mut self, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
+    /// The oldest pending notification of each org (at most `limit` orgs), soonest due first,
+    /// and the backlog over every org. Empty on a PostgreSQL receiver that is not the
+    /// forwarding leader.
+    pub async fn heads(&mut self, limit: usize) -> Result<Heads, StoreError> {
         match self {
             ForwardReader::Sqlite(r) => r.heads(limit).await,
             ForwardReader::Postgres(r) => r.heads(limit).await,

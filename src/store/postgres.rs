@@ -16,9 +16,9 @@ use tokio::sync::mpsc;
 use tokio_postgres::{Client, GenericClient, NoTls, Statement};
 
 use super::{
-    Batch, Committed, Control, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage,
-    Outgoing, PRUNE_STEP_ROWS, PruneStep, Pruned, Requeue, StoreError, StoredNotification,
-    WriterContext, now_ms, now_rfc3339,
+    Batch, Committed, Control, Filter, ForwardInfo, ForwardState, ForwardUpdate, Heads, Job,
+    NewMessage, Outgoing, PRUNE_STEP_ROWS, PruneStep, Pruned, Requeue, StoreError,
+    StoredNotification, WriterContext, now_ms, now_rfc3339,
 };
 
 /// A database that does not answer within these is treated as down (503; Salesforce retries).
@@ -513,6 +513,21 @@ async fn update_forwards(
     Ok(())
 }
 
+/// The forwarding queue's heads and backlog: see the SQLite store's `HEADS`.
+const HEADS: &str = "
+    SELECT n.seq, n.org_id, n.action_id, n.notification_id, n.object_type, n.fields,
+           n.received_at, n.certificate_sha256, h.attempts, h.next_attempt_ms, h.queued_ms,
+           h.orgs, h.oldest
+    FROM (SELECT f.seq, f.attempts, f.next_attempt_ms, f.queued_ms,
+                 COUNT(*) OVER () AS orgs, MIN(f.queued_ms) OVER () AS oldest
+          FROM (SELECT MIN(seq) AS seq FROM obm_forward WHERE state = 'pending'
+                GROUP BY org_id) m
+          JOIN obm_forward f ON f.seq = m.seq
+          ORDER BY f.next_attempt_ms, f.seq
+          LIMIT $1) h
+    JOIN obm_notifications n ON n.seq = h.seq
+    ORDER BY h.next_attempt_ms, h.seq";
+
 /// The forwarder's connection. Only the receiver holding the forwarding advisory lock reads
 /// the queue; the others stand by and take over when its session ends.
 pub struct ForwardReader {
@@ -531,7 +546,7 @@ impl ForwardReader {
         }
     }
 
-    pub async fn heads(&mut self, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
+    pub async fn heads(&mut self, limit: usize) -> Result<Heads, StoreError> {
         let r = self.try_heads(limit).await;
         if r.is_err() {
             // Reconnect next time; a lost session also released the lock.
@@ -541,7 +556,7 @@ impl ForwardReader {
         r
     }
 
-    async fn try_heads(&mut self, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
+    async fn try_heads(&mut self, limit: usize) -> Result<Heads, StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = Some(connect(&self.url).await?);
             self.leader = false;
@@ -555,31 +570,19 @@ impl ForwardReader {
                 .get(0);
             if !self.leader {
                 // Another receiver forwards; stand by and ask again at the next poll.
-                return Ok(Vec::new());
+                return Ok(Heads::default());
             }
             tracing::info!("this receiver forwards to the webhook (holds the forwarding lock)");
         }
-        let rows = tokio::time::timeout(
-            COMMIT_TIMEOUT,
-            client.query(
-                "SELECT n.seq, n.org_id, n.action_id, n.notification_id, n.object_type, n.fields,
-                        n.received_at, n.certificate_sha256, f.attempts, f.next_attempt_ms,
-                        f.queued_ms
-                 FROM (SELECT MIN(seq) AS seq FROM obm_forward WHERE state = 'pending'
-                       GROUP BY org_id) h
-                 JOIN obm_forward f ON f.seq = h.seq
-                 JOIN obm_notifications n ON n.seq = h.seq
-                 ORDER BY f.next_attempt_ms
-                 LIMIT $1",
-                &[&(limit as i64)],
-            ),
-        )
-        .await
-        .map_err(|_| err("reading the forwarding queue timed out"))?
-        .map_err(err)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Outgoing {
+        let rows = tokio::time::timeout(COMMIT_TIMEOUT, client.query(HEADS, &[&(limit as i64)]))
+            .await
+            .map_err(|_| err("reading the forwarding queue timed out"))?
+            .map_err(err)?;
+        let mut read = Heads::default();
+        for r in rows {
+            read.orgs = r.get(11);
+            read.oldest_queued_ms = r.get(12);
+            read.heads.push(Outgoing {
                 seq: r.get(0),
                 org_id: r.get(1),
                 action_id: r.get(2),
@@ -591,8 +594,9 @@ impl ForwardReader {
                 attempts: r.get(8),
                 next_attempt_ms: r.get(9),
                 queued_ms: r.get(10),
-            })
-            .collect())
+            });
+        }
+        Ok(read)
     }
 }
 

@@ -15,9 +15,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
 use tokio::sync::mpsc;
 
 use super::{
-    Batch, Committed, Control, Filter, ForwardInfo, ForwardState, ForwardUpdate, Job, NewMessage,
-    Outgoing, PRUNE_STEP_ROWS, PruneStep, Pruned, Requeue, StoreError, StoredNotification,
-    WriterContext, now_ms, now_rfc3339,
+    Batch, Committed, Control, Filter, ForwardInfo, ForwardState, ForwardUpdate, Heads, Job,
+    NewMessage, Outgoing, PRUNE_STEP_ROWS, PruneStep, Pruned, Requeue, StoreError,
+    StoredNotification, WriterContext, now_ms, now_rfc3339,
 };
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
@@ -523,6 +523,22 @@ fn prune(
     })
 }
 
+/// The oldest pending notification of each org, soonest due first, at most `?1` of them; each
+/// row also carries the backlog over every org (the window is taken before the limit). The
+/// notifications' columns are read for the rows returned only.
+const HEADS: &str = "
+    SELECT n.seq, n.org_id, n.action_id, n.notification_id, n.object_type, n.fields,
+           n.received_at, n.certificate_sha256, h.attempts, h.next_attempt_ms, h.queued_ms,
+           h.orgs, h.oldest
+    FROM (SELECT f.seq, f.attempts, f.next_attempt_ms, f.queued_ms,
+                 COUNT(*) OVER () AS orgs, MIN(f.queued_ms) OVER () AS oldest
+          FROM (SELECT MIN(seq) AS seq FROM forward WHERE state = 'pending' GROUP BY org_id) m
+          JOIN forward f ON f.seq = m.seq
+          ORDER BY f.next_attempt_ms, f.seq
+          LIMIT ?1) h
+    JOIN notifications n ON n.seq = h.seq
+    ORDER BY h.next_attempt_ms, h.seq";
+
 /// The forwarder's read connection to the queue.
 pub struct ForwardReader {
     path: PathBuf,
@@ -537,7 +553,7 @@ impl ForwardReader {
         }
     }
 
-    pub async fn heads(&mut self, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
+    pub async fn heads(&mut self, limit: usize) -> Result<Heads, StoreError> {
         let path = self.path.clone();
         let conn = self.conn.take();
         let (conn, result) = tokio::task::spawn_blocking(move || {
@@ -560,18 +576,14 @@ impl ForwardReader {
     }
 }
 
-fn heads(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Outgoing>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT n.seq, n.org_id, n.action_id, n.notification_id, n.object_type, n.fields,
-                n.received_at, n.certificate_sha256, f.attempts, f.next_attempt_ms, f.queued_ms
-         FROM (SELECT MIN(seq) AS seq FROM forward WHERE state = 'pending' GROUP BY org_id) h
-         JOIN forward f ON f.seq = h.seq
-         JOIN notifications n ON n.seq = h.seq
-         ORDER BY f.next_attempt_ms
-         LIMIT ?1",
-    )?;
-    let rows = stmt.query_map(params![limit as i64], |r| {
-        Ok(Outgoing {
+fn heads(conn: &Connection, limit: usize) -> rusqlite::Result<Heads> {
+    let mut stmt = conn.prepare_cached(HEADS)?;
+    let mut read = Heads::default();
+    let mut rows = stmt.query(params![limit as i64])?;
+    while let Some(r) = rows.next()? {
+        read.orgs = r.get(11)?;
+        read.oldest_queued_ms = r.get(12)?;
+        read.heads.push(Outgoing {
             seq: r.get(0)?,
             org_id: r.get(1)?,
             action_id: r.get(2)?,
@@ -583,9 +595,9 @@ fn heads(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Outgoing>> {
             attempts: r.get(8)?,
             next_attempt_ms: r.get(9)?,
             queued_ms: r.get(10)?,
-        })
-    })?;
-    rows.collect()
+        });
+    }
+    Ok(read)
 }
 
 /// Queues notifications for the webhook again (`messages replay`), from the CLI while the
