@@ -528,3 +528,33 @@ async fn prune_deletes_what_was_received_before_the_cutoff_but_not_what_is_pendi
         store.shutdown().await;
     }
 }
+
+/// Two deployments kept apart by schema in one database (`search_path`, as BENCHMARKS.md's
+/// PostgreSQL runs do) each forward their own queue. The forwarding lock is one per queue table:
+/// with one per database, the first deployment's forwarder held it and the second's stood by
+/// for good, its notifications pending with nothing in the log but "stand by".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_in_two_schemas_of_one_database_each_forward_their_own_queue() {
+    let mut held = Vec::new();
+    for i in 1..=2 {
+        let mut config = obm_gate::Config::default().store;
+        config.url = Some(schema(PG).await);
+        let store = Store::open(&config, true, Arc::new(Metrics::new()))
+            .await
+            .unwrap();
+        store.commit(wide_message(i, 1, 1)).await.unwrap();
+        let mut reader = store.forward_reader();
+        let heads = reader.heads(10).await.unwrap();
+        let ids: Vec<_> = heads
+            .heads
+            .iter()
+            .map(|h| h.notification_id.clone())
+            .collect();
+        assert_eq!(ids, [nid(i)], "deployment {i} reads its own queue");
+        // The reader's session keeps its lock while the next deployment asks for its own.
+        held.push((store, reader));
+    }
+    for (store, _) in held {
+        store.shutdown().await;
+    }
+}

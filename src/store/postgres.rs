@@ -26,9 +26,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Advisory lock key that serializes migrations between receivers ("obmg").
 const MIGRATION_LOCK: i64 = 0x6f62_6d67;
-/// Advisory lock held by the one receiver that forwards to the webhook ("obmf"), so that
-/// receivers sharing the database keep each org's order.
-const FORWARD_LOCK: i64 = 0x6f62_6d66;
+/// Takes the advisory lock held by the one receiver that forwards to the webhook, so that
+/// receivers sharing a queue keep each org's order. One lock per queue table, not per database:
+/// "obmf" in the key's high 32 bits, the OID of the `obm_forward` that `search_path` finds in
+/// the low. Receivers sharing a schema share the lock; a deployment in another schema of the
+/// same database forwards its own queue (with one key per database, one of them never did).
+/// No migration rebuilds `obm_forward`, so its OID, and the key, stay put.
+const FORWARD_LOCK: &str = "
+    SELECT pg_try_advisory_lock((x'6f626d66'::bigint << 32) | 'obm_forward'::regclass::oid::bigint)";
 
 /// Schema versions, applied in order; `obm_schema_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -564,7 +569,7 @@ impl ForwardReader {
         let client = self.client.as_ref().ok_or(StoreError::Unavailable)?;
         if !self.leader {
             self.leader = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&FORWARD_LOCK])
+                .query_one(FORWARD_LOCK, &[])
                 .await
                 .map_err(err)?
                 .get(0);
