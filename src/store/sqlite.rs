@@ -397,7 +397,7 @@ fn write<'m>(
             let mut outcome = Committed::default();
             insert.raw_bind_parameter(1, m.org.as_str())?;
             insert.raw_bind_parameter(3, m.action_id.as_str())?;
-            insert.raw_bind_parameter(7, m.certificate.to_hex())?;
+            insert.raw_bind_parameter(7, m.certificate.hex().as_str())?;
             insert.raw_bind_parameter(8, m.peer.as_str())?;
             for n in &m.notifications {
                 insert.raw_bind_parameter(2, n.id.as_str())?;
