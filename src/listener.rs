@@ -134,22 +134,22 @@ async fn connection(
     let limits = &state.config.limits;
     let activity = Arc::new(Activity::new());
     let mut served = http_connection(&state, stream, identity, peer, &activity);
-    let mut tick = tokio::time::interval(watchdog_period(limits));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watchdog = Watchdog::new(&activity, limits);
     let mut draining = false;
     loop {
+        // Biased: hyper's connection is polled first, so that the watchdog sees what this wake
+        // of the task read (a request head begun) before it decides how long to sleep.
         tokio::select! {
+            biased;
             r = &mut served => {
                 if let Err(e) = r {
                     tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            _ = tick.tick() => {
-                if let Some(why) = activity.expired(limits) {
-                    tracing::debug!(peer = %peer, reason = why, "closing connection");
-                    return;
-                }
+            why = std::future::poll_fn(|cx| watchdog.poll_expired(cx, &activity, limits)) => {
+                tracing::debug!(peer = %peer, reason = why, "closing connection");
+                return;
             }
             _ = stop.cancelled(), if !draining => {
                 draining = true;
@@ -238,10 +238,51 @@ fn http_connection(
     builder.serve_connection(io, service)
 }
 
-/// How often a connection checks its timeouts: a quarter of the shortest, within 20 ms..1 s.
-fn watchdog_period(limits: &Limits) -> Duration {
-    (limits.header_read_timeout.min(limits.idle_timeout) / 4)
-        .clamp(Duration::from_millis(20), Duration::from_secs(1))
+/// A connection's header-read and idle timeouts: one sleep until the next moment a limit could
+/// run out ([`Activity::due`]). Everything that changes that moment happens in polls of the
+/// connection's own task, and the watchdog is polled after hyper's connection in each of them:
+/// a deadline that came nearer (a request head begun on an idle connection) is armed at once;
+/// one that moved away is found when the sleep ends with nothing expired. An idle connection
+/// wakes once per idle timeout. (A tick of a quarter of the shortest limit, at most 1 s, cost
+/// 10,000 idle connections 6.6% of a core, with 3,200 context switches a second.)
+struct Watchdog {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Watchdog {
+    fn new(activity: &Activity, limits: &Limits) -> Watchdog {
+        Watchdog {
+            sleep: Box::pin(tokio::time::sleep_until(
+                activity.due_or_later(limits).into(),
+            )),
+        }
+    }
+
+    /// Ready with the limit the connection ran past.
+    fn poll_expired(
+        &mut self,
+        cx: &mut Context<'_>,
+        activity: &Activity,
+        limits: &Limits,
+    ) -> Poll<&'static str> {
+        // Every wake of a busy connection comes here: atomics only, no clock, while in flight.
+        if let Some(due) = activity.due(limits).map(tokio::time::Instant::from_std)
+            && due < self.sleep.deadline()
+        {
+            self.sleep.as_mut().reset(due);
+        }
+        loop {
+            std::task::ready!(self.sleep.as_mut().poll(cx));
+            if let Some(why) = activity.expired(limits) {
+                return Poll::Ready(why);
+            }
+            // Never a deadline already past: that would spin here.
+            let next = activity
+                .due_or_later(limits)
+                .max(Instant::now() + Duration::from_millis(1));
+            self.sleep.as_mut().reset(next.into());
+        }
+    }
 }
 
 const NO_BYTE: u64 = u64::MAX;
@@ -278,6 +319,31 @@ impl Activity {
         {
             self.first_byte.store(self.now_ms(), Ordering::Relaxed);
         }
+    }
+
+    /// The earliest moment one of the limits could run out, in the state the connection is in
+    /// now: the end of the header-read timeout once a request head has begun, of the idle
+    /// timeout while nothing has. `None` while a request is in flight: the body timeout and the
+    /// store bound it, and no clock runs until it is answered.
+    fn due(&self, limits: &Limits) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        // `expired` counts whole milliseconds and wants more than the limit.
+        let after = |since_ms: u64, limit: Duration| {
+            self.origin + Duration::from_millis(since_ms) + limit + Duration::from_millis(1)
+        };
+        Some(match self.first_byte.load(Ordering::Relaxed) {
+            NO_BYTE => after(self.idle_since.load(Ordering::Relaxed), limits.idle_timeout),
+            first => after(first, limits.header_read_timeout),
+        })
+    }
+
+    /// [`Activity::due`], or for a request in flight the earliest a clock could end once it
+    /// is answered: the shorter limit from now.
+    fn due_or_later(&self, limits: &Limits) -> Instant {
+        self.due(limits)
+            .unwrap_or_else(|| Instant::now() + limits.header_read_timeout.min(limits.idle_timeout))
     }
 
     /// Which limit, if any, the connection has run past.
@@ -372,6 +438,40 @@ mod tests {
         F: FnOnce(Arc<AppState>, TlsAcceptor, TcpStream, SocketAddr, CancellationToken) -> Fut,
     {
         std::mem::size_of::<Fut>()
+    }
+
+    /// The watchdog sleeps until the clock of the connection's state ends: the header clock of
+    /// a new connection's first request, then (after an answer) the idle clock, then the header
+    /// clock again once a head begins, which ends sooner than the idle one.
+    #[test]
+    fn the_watchdog_is_due_when_the_clock_of_the_connections_state_ends() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            ..crate::Config::default().limits
+        };
+        let at = |a: &Activity, ms: u64| Some(a.origin + Duration::from_millis(ms));
+        let activity = Activity::new();
+        assert_eq!(activity.due(&limits), at(&activity, 10_001));
+
+        activity.request_started();
+        assert_eq!(activity.due(&limits), None, "in flight");
+        let before = Instant::now();
+        let later = activity.due_or_later(&limits);
+        let ten = Duration::from_secs(10);
+        assert!(
+            before + ten <= later && later <= Instant::now() + ten,
+            "{later:?}"
+        );
+
+        activity.request_finished();
+        let answered = activity.idle_since.load(Ordering::Relaxed);
+        assert_eq!(activity.due(&limits), at(&activity, answered + 60_001));
+
+        activity.on_read();
+        let head = activity.first_byte.load(Ordering::Relaxed);
+        assert_ne!(head, NO_BYTE);
+        assert_eq!(activity.due(&limits), at(&activity, head + 10_001));
     }
 
     /// Every open connection holds this future for its whole life; with 10,000 idle ones it is

@@ -357,6 +357,57 @@ async fn a_request_whose_sender_hangs_up_is_counted_and_leaves_the_in_flight_gau
     server.stop().await;
 }
 
+/// A request head begun on a keep-alive connection that has been idle for a while is cut by
+/// the header-read timeout, from its first byte, not by the idle timeout. The connection's
+/// watchdog sleeps until the idle timeout's end while nothing comes, so it must notice the
+/// head's first byte and wake sooner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_begun_on_an_idle_connection_is_cut_by_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let header_read_timeout = Duration::from_millis(300);
+    let server = TestServer::start_with(|c, _| {
+        c.limits.idle_timeout = Duration::from_secs(60);
+        c.limits.header_read_timeout = header_read_timeout;
+    })
+    .await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "a"));
+    server.register(ORG_A, "a", &id);
+    let client = server.client(Some(&id));
+    let mut conn = client.connect_raw().await.unwrap();
+    let body = message(ORG_A, &[nid(1)]);
+    conn.write_all(post_head(body.len()).as_bytes())
+        .await
+        .unwrap();
+    conn.write_all(&body).await.unwrap();
+    let mut answer = [0u8; 4096];
+    let n = conn.read(&mut answer).await.unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    // Idle for longer than the header-read timeout: the watchdog now sleeps toward the idle
+    // timeout's end, a minute away. (This wait is the scenario, not a stand-in for a signal.)
+    tokio::time::sleep(header_read_timeout * 2).await;
+    conn.write_all(b"POST /obm HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let head_begun = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut answer))
+        .await
+        .expect("the server should close the connection at the header-read timeout");
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "expected close, got {closed:?}"
+    );
+    let waited = head_begun.elapsed();
+    assert!(
+        waited >= header_read_timeout - Duration::from_millis(50),
+        "closed before the header-read timeout: {waited:?}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn idle_and_slow_header_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
