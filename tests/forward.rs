@@ -73,6 +73,8 @@ async fn every_notification_reaches_a_failing_webhook_signed_and_in_order_per_or
         || hook.delivered_ids().iter().collect::<BTreeSet<_>>().len() == sent,
     )
     .await;
+    // The endpoint counts a delivery when it answers; the forwarder records it after the answer.
+    until_listed(&server, ForwardState::Delivered, sent).await;
     let received = hook.received();
     assert!(
         received.iter().filter(|r| !r.ok).count() >= 7,
@@ -132,17 +134,18 @@ async fn every_notification_reaches_a_failing_webhook_signed_and_in_order_per_or
     server.stop().await;
 }
 
-/// Waits (up to 10 s) until `n` notifications are dead-lettered.
-async fn until_dead(server: &TestServer, n: usize) {
-    let dead = Filter {
-        state: Some(ForwardState::Dead),
+/// Waits (up to 10 s) until the store lists `n` notifications in `state`.
+async fn until_listed(server: &TestServer, state: ForwardState, n: usize) {
+    let filter = Filter {
+        state: Some(state),
         ..Filter::default()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while server.store().list(&dead).await.unwrap().len() < n {
+    while server.store().list(&filter).await.unwrap().len() < n {
         assert!(
             std::time::Instant::now() < deadline,
-            "{n} not dead-lettered in time"
+            "{n} not {} in time",
+            state.as_str()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -184,7 +187,7 @@ async fn dead_letters_are_listed_and_replayed() {
     client.ack(ORG_A, &[nid(1), nid(2)]).await;
 
     // Three attempts each, then dead; a dead head does not block the org's next one.
-    until_dead(&server, 2).await;
+    until_listed(&server, ForwardState::Dead, 2).await;
     assert_eq!(hook.received().len(), 6, "3 attempts × 2 notifications");
     let (ok, listed) = cli(&server, &["list", "--state", "dead", "--json"]).await;
     assert!(ok, "{listed}");
@@ -300,7 +303,7 @@ async fn a_notification_older_than_max_age_is_dead_lettered_after_one_failure() 
     server.register(ORG_B, "age", &id);
     let client = server.client(Some(&id));
     client.ack(ORG_B, &[nid(7)]).await;
-    until_dead(&server, 1).await;
+    until_listed(&server, ForwardState::Dead, 1).await;
     assert_eq!(hook.received().len(), 1);
     server.stop().await;
 }
@@ -403,7 +406,7 @@ async fn an_https_webhook_is_verified_against_the_configured_ca() {
     let id = self_signed(Spec::new(Key::EcdsaP256, "tls"));
     untrusted.register(ORG_A, "tls", &id);
     untrusted.client(Some(&id)).ack(ORG_A, &[nid(1)]).await;
-    until_dead(&untrusted, 1).await;
+    until_listed(&untrusted, ForwardState::Dead, 1).await;
     let dead = untrusted
         .store()
         .list(&Filter {
