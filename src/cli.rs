@@ -634,7 +634,10 @@ fn parse_state(state: &str) -> Result<store::ForwardState, Failure> {
 /// The configured store, for the CLI.
 fn store_backend(config: &Config) -> Result<store::Backend, Failure> {
     match &config.store.url {
-        Some(url) => Ok(store::Backend::Postgres(url.clone())),
+        Some(url) => Ok(store::Backend::Postgres(
+            store::postgres::Target::new(url, &config.store.ca_certificates)
+                .map_err(Failure::usage)?,
+        )),
         None if !config.store.path.exists() => Err(Failure::failed(format!(
             "no store at {} (nothing received yet, or a different [store] path)",
             config.store.path.display()

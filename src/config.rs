@@ -160,6 +160,9 @@ pub struct Store {
     /// set: Salesforce retries a message for up to 24 hours, and the store deduplicates only
     /// against what it keeps.
     pub retention: Duration,
+    /// CA certificates (PEM) that PostgreSQL's server certificate may chain to, besides the
+    /// public web roots; used with `sslmode=require` in `url`.
+    pub ca_certificates: Vec<PathBuf>,
 }
 
 /// Limits on everything a peer controls. Each default says why it has that value.
@@ -213,6 +216,7 @@ impl Default for Config {
                 path: "data/obm-gate.db".into(),
                 url: None,
                 retention: Duration::ZERO,
+                ca_certificates: Vec::new(),
             },
             limits: Limits {
                 header_read_timeout: Duration::from_secs(10),
@@ -330,6 +334,7 @@ pub fn parse(toml_text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
             path: r.get("store", "path", d.store.path),
             url: r.get("store", "url", d.store.url),
             retention: r.get("store", "retention", d.store.retention),
+            ca_certificates: r.get("store", "ca_certificates", d.store.ca_certificates),
         },
         limits: Limits {
             header_read_timeout: r.get(
@@ -522,6 +527,13 @@ fn validate(c: &Config) -> Vec<String> {
     {
         errors.push(
             "[store] url: must be a postgres:// URL (leave it empty for the SQLite file)".into(),
+        );
+    }
+    if c.store.url.is_none() && !c.store.ca_certificates.is_empty() {
+        errors.push(
+            "[store] ca_certificates: check PostgreSQL's certificate, so they need [store] url \
+             (with sslmode=require); the SQLite file has no connection to check"
+                .into(),
         );
     }
     if !c.store.retention.is_zero() && c.store.retention < MIN_RETENTION {
@@ -893,6 +905,7 @@ mod tests {
             body_read_timeout = true
             [store]
             retention = "5h"
+            ca_certificates = ["db-ca.pem"]
             [bogus]
             x = 1
         "#;
@@ -909,10 +922,11 @@ mod tests {
             "[limits] max_body_bytes (from OBM_GATE_LIMITS_MAX_BODY_BYTES",
             "[bogus]: unknown section",
             "[store] retention: 5h is shorter than 24h",
+            "[store] ca_certificates: check PostgreSQL's certificate",
         ] {
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
         }
-        assert_eq!(errors.len(), 8, "{joined}");
+        assert_eq!(errors.len(), 9, "{joined}");
     }
 
     #[test]

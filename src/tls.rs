@@ -323,21 +323,72 @@ pub fn https_connector(
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     TlsError,
 > {
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(server_checking_config(extra_cas)?)
+        .https_or_http()
+        .enable_http1()
+        .build())
+}
+
+/// The PostgreSQL store's TLS, for a URL with `sslmode=require`.
+pub type PostgresTls = tokio_postgres_rustls::MakeRustlsConnect;
+
+/// The PostgreSQL store's connector: TLS 1.2/1.3, the server's certificate checked against the
+/// public roots plus `extra_cas`, and its name against the URL's host (what libpq calls
+/// `sslmode=verify-full`).
+pub fn postgres_tls(extra_cas: &[PathBuf]) -> Result<PostgresTls, TlsError> {
+    Ok(PostgresTls::new(server_checking_config(extra_cas)?))
+}
+
+/// When `err` happened because this side refused the server's certificate (PostgreSQL's, say):
+/// rustls's reason and what an admin can do about it. Looked for along `err`'s sources.
+pub fn server_certificate_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(tls @ rustls::Error::InvalidCertificate(c)) = e.downcast_ref::<rustls::Error>()
+        {
+            let hint = match c {
+                CertificateError::UnknownIssuer => Some(
+                    "the server's certificate chains neither to a public root nor to a CA of \
+                     ca_certificates",
+                ),
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => Some(
+                    "the server's certificate does not name the URL's host: connect by a name it \
+                     holds (hostaddr= can give the address)",
+                ),
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    Some("the server's certificate has expired")
+                }
+                _ => None,
+            };
+            return Some(match hint {
+                Some(hint) => format!("{tls}: {hint}"),
+                None => tls.to_string(),
+            });
+        }
+        // An `io::Error` hides what it wraps from `source()`; `get_ref()` gives it.
+        next = match e.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
+/// A client configuration without a client certificate that checks the server's certificate
+/// against the public web roots plus `extra_cas`; TLS 1.2/1.3.
+fn server_checking_config(extra_cas: &[PathBuf]) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for path in extra_cas {
         add_roots(&mut roots, path)?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Setup(e.to_string()))?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_or_http()
-        .enable_http1()
-        .build())
+        .with_no_client_auth())
 }
 
 /// Connects and completes the handshake; returns the stream, the TLS version and the cipher.

@@ -237,7 +237,9 @@ async fn receivers_behind_an_l4_balancer_with_proxy_protocol_share_the_work_and_
     }
     assert_eq!(lb.count(1), 5);
     let stored = obm_gate::store::list_backend(
-        &obm_gate::store::Backend::Postgres(url.clone()),
+        &obm_gate::store::Backend::Postgres(
+            obm_gate::store::postgres::Target::new(&url, &[]).unwrap(),
+        ),
         &Default::default(),
     )
     .await
@@ -557,4 +559,116 @@ async fn deployments_in_two_schemas_of_one_database_each_forward_their_own_queue
     for (store, _) in held {
         store.shutdown().await;
     }
+}
+
+/// The PostgreSQL server's own certificate (`ssl_cert_file`, which `.ci/run` makes sure is
+/// on) and a DNS name it holds.
+async fn postgres_server_certificate() -> (std::path::PathBuf, String) {
+    let (client, conn) =
+        tokio_postgres::connect(&format!("postgres://root@{PG}/test"), tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (.ci/run starts it)");
+    tokio::spawn(conn);
+    let setting = |name: &'static str| {
+        let client = &client;
+        async move {
+            let row = client.query_one(&format!("SHOW {name}"), &[]).await;
+            row.unwrap().get::<_, String>(0)
+        }
+    };
+    assert_eq!(
+        setting("ssl").await,
+        "on",
+        "PostgreSQL has TLS on (.ci/run turns it on)"
+    );
+    let path = std::path::PathBuf::from(setting("ssl_cert_file").await);
+    let pem = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let name = cert
+        .subject_alternative_name()
+        .unwrap()
+        .and_then(|san| {
+            san.value.general_names.iter().find_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                _ => None,
+            })
+        })
+        .expect("PostgreSQL's certificate names a DNS host");
+    (path, name)
+}
+
+/// With `sslmode=require` in `[store] url` the store reaches PostgreSQL over TLS, having checked
+/// its certificate against `[store] ca_certificates` and its name against the URL's host. A
+/// certificate it cannot check, or one for another name, stops the store from opening, and the
+/// error says what to change; so does a CA list with a URL that would not use TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_reaches_postgres_over_tls_and_checks_its_certificate() {
+    let (ca, name) = postgres_server_certificate().await;
+    let plain = schema(PG).await;
+    let app = format!("obm_tls_{}_{}", std::process::id(), rand_suffix());
+    // The certificate's name as host (what TLS checks), 127.0.0.1 as the address to dial.
+    let url = plain.replacen(PG, &format!("{name}:5432"), 1)
+        + &format!("&hostaddr=127.0.0.1&sslmode=require&application_name={app}");
+
+    let server = TestServer::start_with(|c, _| {
+        c.store.url = Some(url.clone());
+        c.store.ca_certificates = vec![ca.clone()];
+    })
+    .await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "pg-tls"));
+    server.register(ORG_A, "pg-tls", &id);
+    server.client(Some(&id)).ack(ORG_A, &[nid(1)]).await;
+    let stored = server.store().list(&Filter::default()).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    // PostgreSQL's own view of the receiver's sessions: every one is TLS.
+    let (admin, conn) =
+        tokio_postgres::connect(&format!("postgres://root@{PG}/test"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let row = admin
+        .query_one(
+            "SELECT count(*), coalesce(bool_and(s.ssl), false), min(s.version)
+             FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap();
+    let (sessions, all_tls): (i64, bool) = (row.get(0), row.get(1));
+    assert!(sessions >= 1, "the receiver's sessions: {sessions}");
+    assert!(all_tls, "every session of the receiver is TLS");
+    println!(
+        "{sessions} TLS sessions, {:?}",
+        row.get::<_, Option<String>>(2)
+    );
+    server.stop().await;
+
+    let open = |url: String, cas: Vec<std::path::PathBuf>| async move {
+        let mut config = obm_gate::Config::default().store;
+        config.url = Some(url);
+        config.ca_certificates = cas;
+        let error = Store::open(&config, false, Arc::new(Metrics::new()))
+            .await
+            .err()
+            .map(|e| e.to_string());
+        println!("{error:?}");
+        error
+    };
+    // Without the CA: the public roots do not vouch for this server.
+    let error = open(url.clone(), vec![])
+        .await
+        .expect("an unchecked server");
+    assert!(error.contains("UnknownIssuer"), "{error}");
+    assert!(error.contains("ca_certificates"), "{error}");
+    // Dialled by address: the certificate does not hold 127.0.0.1.
+    let by_address = url.replacen(&format!("{name}:5432"), PG, 1);
+    let error = open(by_address, vec![ca.clone()])
+        .await
+        .expect("a certificate for another name");
+    assert!(error.contains("does not name the URL's host"), "{error}");
+    // CAs with a URL that would not use TLS: refused, not ignored.
+    let error = open(plain, vec![ca]).await.expect("CAs that check nothing");
+    assert!(error.contains("sslmode=require"), "{error}");
 }

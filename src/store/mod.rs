@@ -312,7 +312,7 @@ pub struct Filter {
 #[derive(Debug, Clone)]
 pub enum Backend {
     Sqlite(PathBuf),
-    Postgres(String),
+    Postgres(postgres::Target),
 }
 
 /// Handle to the store; cheap to share behind an `Arc`.
@@ -351,8 +351,9 @@ impl Store {
         };
         let backend = match config.url.as_deref() {
             Some(url) => {
-                postgres::start(url, ctx, rx).await?;
-                Backend::Postgres(url.to_owned())
+                let target = postgres::Target::new(url, &config.ca_certificates)?;
+                postgres::start(&target, ctx, rx).await?;
+                Backend::Postgres(target)
             }
             None => {
                 sqlite::start(&config.path, ctx, rx)?;
@@ -387,7 +388,9 @@ impl Store {
     pub fn forward_reader(&self) -> ForwardReader {
         match &self.backend {
             Backend::Sqlite(path) => ForwardReader::Sqlite(sqlite::ForwardReader::new(path)),
-            Backend::Postgres(url) => ForwardReader::Postgres(postgres::ForwardReader::new(url)),
+            Backend::Postgres(target) => {
+                ForwardReader::Postgres(postgres::ForwardReader::new(target))
+            }
         }
     }
 
@@ -518,7 +521,7 @@ pub async fn list_backend(
 ) -> Result<Vec<StoredNotification>, StoreError> {
     match backend {
         Backend::Sqlite(path) => sqlite::list(path, filter),
-        Backend::Postgres(url) => postgres::list(url, filter).await,
+        Backend::Postgres(target) => postgres::list(target, filter).await,
     }
 }
 
@@ -527,7 +530,7 @@ pub async fn list_backend(
 pub async fn requeue(backend: &Backend, which: &Requeue) -> Result<usize, StoreError> {
     match backend {
         Backend::Sqlite(path) => sqlite::requeue(path, which),
-        Backend::Postgres(url) => postgres::requeue(url, which).await,
+        Backend::Postgres(target) => postgres::requeue(target, which).await,
     }
 }
 

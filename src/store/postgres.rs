@@ -10,9 +10,13 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, GenericClient, NoTls, Statement};
 
 use super::{
@@ -82,35 +86,124 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Write(format!("PostgreSQL: {e}"))
 }
 
-async fn connect(url: &str) -> Result<Client, StoreError> {
-    let (client, connection) =
-        tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(url, NoTls))
-            .await
-            .map_err(|_| err(format!("no connection within {CONNECT_TIMEOUT:?}")))?
-            .map_err(err)?;
+/// The database and how to reach it: `[store] url`, and TLS when the URL says
+/// `sslmode=require`. Any other `sslmode` (`prefer` is tokio-postgres's default) connects
+/// without TLS: a TLS that fell back to plain TCP, or whose certificate went unchecked, would
+/// look safer than it is.
+#[derive(Clone)]
+pub struct Target {
+    url: String,
+    tls: Option<crate::tls::PostgresTls>,
+    /// Every host is this machine (loopback or a Unix socket).
+    local: bool,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &redact(&self.url))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Target {
+    /// Checks the URL and, with `sslmode=require`, loads `ca_certificates` (PEM) as trust
+    /// anchors besides the public web roots.
+    pub fn new(url: &str, ca_certificates: &[PathBuf]) -> Result<Target, StoreError> {
+        let open_err = |detail: String| StoreError::Open {
+            path: redact(url).into(),
+            detail,
+        };
+        // libpq's `verify-full` is what `require` does here; tokio-postgres knows only the latter.
+        let url = url.replace("sslmode=verify-full", "sslmode=require");
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| open_err(format!("not a PostgreSQL URL: {e}")))?;
+        let tls = match config.get_ssl_mode() {
+            SslMode::Require => Some(
+                crate::tls::postgres_tls(ca_certificates)
+                    .map_err(|e| open_err(format!("[store] ca_certificates: {e}")))?,
+            ),
+            _ if !ca_certificates.is_empty() => {
+                return Err(open_err(
+                    "[store] ca_certificates is set, but the URL does not say sslmode=require, \
+                     so the connection would not use TLS and the certificates would check \
+                     nothing"
+                        .into(),
+                ));
+            }
+            _ => None,
+        };
+        let local = config.get_hosts().iter().all(|h| match h {
+            Host::Tcp(name) => {
+                name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+            Host::Unix(_) => true,
+        }) && config.get_hostaddrs().iter().all(|a| a.is_loopback());
+        Ok(Target { url, tls, local })
+    }
+}
+
+async fn connect(target: &Target) -> Result<Client, StoreError> {
+    let connecting = async {
+        match &target.tls {
+            Some(tls) => tokio_postgres::connect(&target.url, tls.clone())
+                .await
+                .map(|(client, connection)| drive(client, connection)),
+            None => tokio_postgres::connect(&target.url, NoTls)
+                .await
+                .map(|(client, connection)| drive(client, connection)),
+        }
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| err(format!("no connection within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| match crate::tls::server_certificate_problem(&e) {
+            Some(problem) => err(format!("{e}: {problem}")),
+            None => err(e),
+        })
+}
+
+/// Runs the connection's I/O on its own task; returns the client that uses it.
+fn drive<S, T>(client: Client, connection: tokio_postgres::Connection<S, T>) -> Client
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "PostgreSQL connection ended");
         }
     });
-    Ok(client)
+    client
 }
 
 /// Connects, migrates, and starts the writer task.
 pub(crate) async fn start(
-    url: &str,
+    target: &Target,
     ctx: WriterContext,
     rx: mpsc::Receiver<Job>,
 ) -> Result<(), StoreError> {
     let open_err = |e: StoreError| StoreError::Open {
-        path: redact(url).into(),
-        detail: e.to_string(),
+        path: redact(&target.url).into(),
+        detail: match e {
+            StoreError::Write(detail) => detail,
+            other => other.to_string(),
+        },
     };
-    let mut client = connect(url).await.map_err(open_err)?;
+    if target.tls.is_none() && !target.local {
+        tracing::warn!(
+            url = %redact(&target.url),
+            "the PostgreSQL connection is plain TCP, not TLS: notifications and the password \
+             cross the network readable; add sslmode=require to [store] url"
+        );
+    }
+    let mut client = connect(target).await.map_err(open_err)?;
     migrate(&mut client).await.map_err(open_err)?;
     let session = Session::prepare(client).await.map_err(open_err)?;
     let writer = Writer {
-        url: url.to_owned(),
+        target: target.clone(),
         session: Some(session),
         ctx,
     };
@@ -204,8 +297,8 @@ const UPDATE: &str = "
     WHERE f.seq = u.seq";
 
 impl Session {
-    async fn open(url: &str) -> Result<Session, StoreError> {
-        Session::prepare(connect(url).await?).await
+    async fn open(target: &Target) -> Result<Session, StoreError> {
+        Session::prepare(connect(target).await?).await
     }
 
     async fn prepare(client: Client) -> Result<Session, StoreError> {
@@ -220,7 +313,7 @@ impl Session {
 }
 
 struct Writer {
-    url: String,
+    target: Target,
     session: Option<Session>,
     ctx: WriterContext,
 }
@@ -270,7 +363,7 @@ impl Writer {
     /// The connection, reconnecting if it was lost.
     async fn session(&mut self) -> Result<&mut Session, StoreError> {
         if self.session.as_ref().is_none_or(|s| s.client.is_closed()) {
-            self.session = Some(Session::open(&self.url).await?);
+            self.session = Some(Session::open(&self.target).await?);
         }
         self.session.as_mut().ok_or(StoreError::Unavailable)
     }
@@ -536,16 +629,16 @@ const HEADS: &str = "
 /// The forwarder's connection. Only the receiver holding the forwarding advisory lock reads
 /// the queue; the others stand by and take over when its session ends.
 pub struct ForwardReader {
-    url: String,
+    target: Target,
     client: Option<Client>,
     /// This session holds the forwarding lock.
     leader: bool,
 }
 
 impl ForwardReader {
-    pub(crate) fn new(url: &str) -> ForwardReader {
+    pub(crate) fn new(target: &Target) -> ForwardReader {
         ForwardReader {
-            url: url.to_owned(),
+            target: target.clone(),
             client: None,
             leader: false,
         }
@@ -563,7 +656,7 @@ impl ForwardReader {
 
     async fn try_heads(&mut self, limit: usize) -> Result<Heads, StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.client = Some(connect(&self.url).await?);
+            self.client = Some(connect(&self.target).await?);
             self.leader = false;
         }
         let client = self.client.as_ref().ok_or(StoreError::Unavailable)?;
@@ -606,8 +699,8 @@ impl ForwardReader {
 }
 
 /// Queues notifications for the webhook again (`messages replay`).
-pub async fn requeue(url: &str, which: &Requeue) -> Result<usize, StoreError> {
-    let client = connect(url).await?;
+pub async fn requeue(target: &Target, which: &Requeue) -> Result<usize, StoreError> {
+    let client = connect(target).await?;
     let now = now_ms();
     let org = which.org.as_ref().map(|o| o.as_str().to_owned());
     let n = client
@@ -626,9 +719,9 @@ pub async fn requeue(url: &str, which: &Requeue) -> Result<usize, StoreError> {
 }
 
 /// Reads stored notifications, oldest first.
-pub async fn list(url: &str, filter: &Filter) -> Result<Vec<StoredNotification>, StoreError> {
+pub async fn list(target: &Target, filter: &Filter) -> Result<Vec<StoredNotification>, StoreError> {
     let read = |e: StoreError| StoreError::Read(e.to_string());
-    let client = connect(url).await.map_err(read)?;
+    let client = connect(target).await.map_err(read)?;
     let since = filter
         .since
         .map(|t| humantime::format_rfc3339_millis(t).to_string());
@@ -688,9 +781,50 @@ pub async fn list(url: &str, filter: &Filter) -> Result<Vec<StoredNotification>,
 mod tests {
     use super::*;
 
+    /// TLS only with `sslmode=require`; the start-up warning only for a plain connection that
+    /// leaves the machine; no password in `Debug`.
+    #[test]
+    fn a_target_knows_whether_it_is_encrypted_and_whether_it_leaves_the_machine() {
+        for (url, tls, local) in [
+            ("postgres://obm:pw@127.0.0.1:5432/obm", false, true),
+            ("postgres://obm@localhost/obm?sslmode=prefer", false, true),
+            ("postgres://obm@[::1]/obm", false, true),
+            (
+                "postgresql://obm@%2Fvar%2Frun%2Fpostgresql/obm",
+                false,
+                true,
+            ),
+            ("postgres://obm@db.internal/obm", false, false),
+            ("postgres://obm@10.0.0.5/obm?sslmode=disable", false, false),
+            (
+                "postgres://obm@localhost/obm?hostaddr=10.0.0.5",
+                false,
+                false,
+            ),
+            (
+                "postgres://obm@db.internal/obm?sslmode=require",
+                true,
+                false,
+            ),
+            (
+                "postgres://obm@db.internal/obm?sslmode=verify-full",
+                true,
+                false,
+            ),
+        ] {
+            let target = Target::new(url, &[]).unwrap();
+            assert_eq!((target.tls.is_some(), target.local), (tls, local), "{url}");
+            assert!(!format!("{target:?}").contains("pw"), "{target:?}");
+        }
+        // verify-ca checks the chain but not the name; this side always checks both.
+        let bad = Target::new("postgres://obm@db/obm?sslmode=verify-ca", &[]).unwrap_err();
+        assert!(bad.to_string().contains("sslmode"), "{bad}");
+    }
+
     /// A schema of its own on the test server (`.ci/run` starts PostgreSQL on 127.0.0.1:5432).
     async fn schema(name: &str) -> Client {
-        let admin = connect("postgres://root@127.0.0.1:5432/test")
+        let plain = |url: &str| Target::new(url, &[]).unwrap();
+        let admin = connect(&plain("postgres://root@127.0.0.1:5432/test"))
             .await
             .expect("PostgreSQL on 127.0.0.1:5432 (.ci/run starts it)");
         admin
@@ -699,9 +833,9 @@ mod tests {
             ))
             .await
             .unwrap();
-        connect(&format!(
+        connect(&plain(&format!(
             "postgres://root@127.0.0.1:5432/test?options=-c%20search_path%3D{name}"
-        ))
+        )))
         .await
         .unwrap()
     }
