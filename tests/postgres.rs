@@ -21,18 +21,25 @@ use obm_gate::store::{
 
 const PG: &str = "127.0.0.1:5432";
 
+/// The test's own plain connection (the database's view, beside the receiver's): `url`, or
+/// the database `test` when `None`.
+async fn plain_client(url: Option<&str>) -> tokio_postgres::Client {
+    let base = format!("postgres://root@{PG}/test");
+    let (client, conn) = tokio_postgres::connect(url.unwrap_or(&base), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (.ci/run starts it)");
+    tokio::spawn(conn);
+    client
+}
+
 /// A fresh schema; returns the URL that works in it.
 async fn schema(via: &str) -> String {
     let name = format!(
         "obm_t_{}",
         std::process::id() as u64 * 1_000_000 + rand_suffix()
     );
-    let base = format!("postgres://root@{PG}/test");
-    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+    plain_client(None)
         .await
-        .expect("PostgreSQL on 127.0.0.1:5432 (.ci/run starts it)");
-    tokio::spawn(conn);
-    client
         .batch_execute(&format!("CREATE SCHEMA {name}"))
         .await
         .unwrap();
@@ -473,10 +480,7 @@ async fn backdate(config: &obm_gate::config::Store, ids: &[String]) {
     let Some(url) = &config.url else {
         return received_in_2020(&config.path, ids);
     };
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = plain_client(Some(url)).await;
     let sql = "UPDATE obm_notifications SET received_at = $1 WHERE notification_id = ANY($2)";
     let aged = client.execute(sql, &[&IN_2020, &ids]).await.unwrap();
     assert_eq!(aged, ids.len() as u64);
@@ -564,11 +568,7 @@ async fn deployments_in_two_schemas_of_one_database_each_forward_their_own_queue
 /// The PostgreSQL server's own certificate (`ssl_cert_file`, which `.ci/run` makes sure is
 /// on) and a DNS name it holds.
 async fn postgres_server_certificate() -> (std::path::PathBuf, String) {
-    let (client, conn) =
-        tokio_postgres::connect(&format!("postgres://root@{PG}/test"), tokio_postgres::NoTls)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (.ci/run starts it)");
-    tokio::spawn(conn);
+    let client = plain_client(None).await;
     let setting = |name: &'static str| {
         let client = &client;
         async move {
@@ -622,12 +622,8 @@ async fn the_store_reaches_postgres_over_tls_and_checks_its_certificate() {
     let stored = server.store().list(&Filter::default()).await.unwrap();
     assert_eq!(stored.len(), 1);
     // PostgreSQL's own view of the receiver's sessions: every one is TLS.
-    let (admin, conn) =
-        tokio_postgres::connect(&format!("postgres://root@{PG}/test"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let row = admin
+    let row = plain_client(None)
+        .await
         .query_one(
             "SELECT count(*), coalesce(bool_and(s.ssl), false), min(s.version)
              FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
