@@ -43,8 +43,15 @@ pub enum JetStreamMode {
 /// NATS JetStream publishing, opt-in with `url`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JetStream {
-    /// `nats://host:4222`; empty turns publishing off.
+    /// `nats://host:4222`, or `tls://host:4222` to require TLS; `user:password@` or `token@`
+    /// before the host authenticates. Empty turns publishing off.
     pub url: Option<String>,
+    /// PEM CA certificates, besides the public roots, that NATS's certificate may chain to.
+    /// Setting any TLS key makes TLS required.
+    pub ca_certificates: Vec<PathBuf>,
+    /// A PEM certificate (chain) and its key, for a NATS server that verifies its clients.
+    pub client_certificate: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     /// The stream; created if missing, checked if present.
     pub stream: String,
     /// Notifications are published to `<subject>.<OrgId>`; the stream captures `<subject>.*`.
@@ -242,6 +249,9 @@ impl Default for Config {
             },
             jetstream: JetStream {
                 url: None,
+                ca_certificates: Vec::new(),
+                client_certificate: None,
+                client_key: None,
                 stream: "OBM".into(),
                 subject: "obm.notifications".into(),
                 mode: JetStreamMode::AfterStore,
@@ -364,6 +374,13 @@ pub fn parse(toml_text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
         },
         jetstream: JetStream {
             url: r.get("jetstream", "url", d.jetstream.url),
+            ca_certificates: r.get("jetstream", "ca_certificates", d.jetstream.ca_certificates),
+            client_certificate: r.get(
+                "jetstream",
+                "client_certificate",
+                d.jetstream.client_certificate,
+            ),
+            client_key: r.get("jetstream", "client_key", d.jetstream.client_key),
             stream: r.get("jetstream", "stream", d.jetstream.stream),
             subject: r.get("jetstream", "subject", d.jetstream.subject),
             mode: r.get("jetstream", "mode", d.jetstream.mode),
@@ -573,7 +590,7 @@ fn validate(c: &Config) -> Vec<String> {
 
 fn validate_jetstream(j: &JetStream) -> Vec<String> {
     let mut errors = Vec::new();
-    if j.url.is_none() {
+    let Some(url) = &j.url else {
         if j.mode == JetStreamMode::Only {
             errors.push(
                 "[jetstream] mode: \"only\" needs [jetstream] url (it makes JetStream the only \
@@ -581,7 +598,31 @@ fn validate_jetstream(j: &JetStream) -> Vec<String> {
                     .into(),
             );
         }
+        if !j.ca_certificates.is_empty() || j.client_certificate.is_some() || j.client_key.is_some()
+        {
+            errors.push(
+                "[jetstream] ca_certificates, client_certificate, client_key: TLS to NATS needs \
+                 [jetstream] url"
+                    .into(),
+            );
+        }
         return errors;
+    };
+    if let Some((scheme, _)) = url.split_once("://")
+        && scheme != "nats"
+        && scheme != "tls"
+    {
+        errors.push(format!(
+            "[jetstream] url: {scheme}:// is not a NATS URL; use nats://host:4222, or \
+             tls://host:4222 to require TLS"
+        ));
+    }
+    if j.client_certificate.is_some() != j.client_key.is_some() {
+        errors.push(
+            "[jetstream] client_certificate and client_key: set both (the certificate NATS \
+             verifies and its private key) or neither"
+                .into(),
+        );
     }
     let token_ok = |t: &str| {
         !t.is_empty()
@@ -675,6 +716,14 @@ fn validate_forward(c: &Config) -> Vec<String> {
     errors
 }
 
+/// A URL without its user information (a password, a token), for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
 /// A config value type: how it reads from TOML and from an environment string.
 trait Value: Sized {
     fn from_toml(v: &toml::Value) -> Result<Self, String>;
@@ -766,6 +815,16 @@ impl Value for Option<String> {
     fn from_env(s: &str) -> Result<Self, String> {
         let s = s.trim();
         Ok((!s.is_empty()).then(|| s.to_owned()))
+    }
+}
+
+/// An optional path: `""` means unset.
+impl Value for Option<PathBuf> {
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        Self::from_env(expect_str(v)?)
+    }
+    fn from_env(s: &str) -> Result<Self, String> {
+        Option::<String>::from_env(s).map(|p| p.map(PathBuf::from))
     }
 }
 
@@ -966,6 +1025,67 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{ok:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn nats_tls_keys_come_from_the_file_or_the_environment_and_are_checked() {
+        let c = parse(
+            "[jetstream]\nurl = \"tls://obm:pw@nats.example.com:4222\"\n\
+             ca_certificates = [\"nats-ca.pem\"]",
+            &env(&[
+                ("OBM_GATE_JETSTREAM_CLIENT_CERTIFICATE", "obm.pem"),
+                ("OBM_GATE_JETSTREAM_CLIENT_KEY", "obm.key"),
+                ("OBM_GATE_JETSTREAM_CA_CERTIFICATES", "a.pem,b.pem"),
+            ]),
+        )
+        .unwrap();
+        let j = &c.jetstream;
+        assert_eq!(j.ca_certificates, [PathBuf::from("a.pem"), "b.pem".into()]);
+        assert_eq!(j.client_certificate, Some(PathBuf::from("obm.pem")));
+        assert_eq!(j.client_key, Some(PathBuf::from("obm.key")));
+
+        let joined =
+            |text: &str, pairs: &[(&str, &str)]| parse(text, &env(pairs)).unwrap_err().0.join("\n");
+        let errors = joined(
+            "[jetstream]\nca_certificates = [\"nats-ca.pem\"]\nclient_key = \"obm.key\"",
+            &[],
+        );
+        assert!(
+            errors.contains("TLS to NATS needs [jetstream] url"),
+            "{errors}"
+        );
+        let errors = joined(
+            "[jetstream]\nurl = \"https://nats.example.com\"\nclient_key = \"obm.key\"",
+            &[],
+        );
+        assert!(errors.contains("https:// is not a NATS URL"), "{errors}");
+        assert!(errors.contains("set both"), "{errors}");
+        // An empty environment value unsets a key from the file.
+        let c = parse(
+            "[jetstream]\nurl = \"nats://127.0.0.1:4222\"\nclient_certificate = \"obm.pem\"\n\
+             client_key = \"obm.key\"",
+            &env(&[
+                ("OBM_GATE_JETSTREAM_CLIENT_CERTIFICATE", ""),
+                ("OBM_GATE_JETSTREAM_CLIENT_KEY", ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.jetstream.client_certificate, None);
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_credentials() {
+        for (url, shown) in [
+            ("tls://obm:p%40ss@nats:4222", "tls://…@nats:4222"),
+            ("nats://token@10.0.0.1:4222", "nats://…@10.0.0.1:4222"),
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+            (
+                "postgres://u:a@b@db/obm?sslmode=require",
+                "postgres://…@db/obm?sslmode=require",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
     }
 
     #[test]

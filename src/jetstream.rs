@@ -9,8 +9,10 @@
 
 use std::time::Duration;
 
+use async_nats::ServerAddr;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
+use percent_encoding::percent_decode_str;
 
 use crate::config;
 use crate::ids::OrgId;
@@ -27,6 +29,29 @@ pub enum JetStreamError {
     Stream { stream: String, detail: String },
     #[error("JetStream did not confirm the publish: {0}")]
     Publish(String),
+}
+
+/// Why NATS refused the connection, with what to change where the cause is known.
+fn connect_problem(e: &async_nats::ConnectError) -> String {
+    if let Some(problem) = crate::tls::server_certificate_problem(e, "") {
+        return problem;
+    }
+    match e.kind() {
+        async_nats::ConnectErrorKind::AuthorizationViolation => format!(
+            "{e}: NATS refused the credentials; give them in [jetstream] url as \
+             user:password@ or token@ before the host"
+        ),
+        _ => e.to_string(),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// What JetStream did with a message's notifications.
@@ -48,7 +73,25 @@ impl Publisher {
     /// Connects, then creates the stream or checks the existing one.
     pub async fn connect(cfg: &config::JetStream) -> Result<Publisher, JetStreamError> {
         let url = cfg.url.clone().unwrap_or_default();
-        let client = async_nats::ConnectOptions::new()
+        let shown = config::redact_url(&url);
+        let fail = |detail: String| JetStreamError::Connect {
+            url: shown.clone(),
+            detail,
+        };
+        let addr: ServerAddr = url.parse().map_err(|e| fail(format!("{e}")))?;
+        // TLS material means TLS: without this, a server that does not ask for TLS would get
+        // plain TCP and the configured certificates would check nothing.
+        let require_tls = addr.tls_required()
+            || !cfg.ca_certificates.is_empty()
+            || cfg.client_certificate.is_some();
+        let client_identity = cfg
+            .client_certificate
+            .as_deref()
+            .zip(cfg.client_key.as_deref());
+        // Also used when a nats:// server asks for TLS itself.
+        let tls = crate::tls::nats_tls(&cfg.ca_certificates, client_identity)
+            .map_err(|e| fail(format!("[jetstream] TLS: {e}")))?;
+        let mut options = async_nats::ConnectOptions::new()
             .name("obm-gate")
             .connection_timeout(CONNECT_TIMEOUT)
             // Back within 2 s of NATS returning (the default backoff grows to several seconds).
@@ -56,12 +99,26 @@ impl Publisher {
                 Duration::from_millis(100u64.saturating_mul(1 << attempts.min(5)))
                     .min(MAX_RECONNECT_DELAY)
             })
-            .connect(url.as_str())
+            .require_tls(require_tls)
+            .tls_client_config(tls);
+        // async-nats reads no credentials from the URL itself.
+        let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+        match (addr.username(), addr.password()) {
+            (Some(user), Some(password)) => {
+                options = options.user_and_password(decode(user), decode(password));
+            }
+            (Some(token), None) => options = options.token(decode(token)),
+            _ => {}
+        }
+        let client = options
+            .connect(addr.clone())
             .await
-            .map_err(|e| JetStreamError::Connect {
-                url: url.clone(),
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| fail(connect_problem(&e)))?;
+        let tls_used = require_tls || client.server_info().tls_required;
+        if !tls_used && !is_loopback(addr.host()) {
+            tracing::warn!(url = %shown, "NATS is reached over plain TCP: notifications cross the network unencrypted; use a tls:// URL");
+        }
+        tracing::info!(url = %shown, tls = tls_used, "connected to NATS");
         let context = jetstream::ContextBuilder::new()
             .timeout(cfg.publish_timeout)
             .max_ack_inflight(16_384)

@@ -172,7 +172,7 @@ pub enum TlsError {
     NoCertificate { path: PathBuf },
     #[error("{} holds no PEM private key: {detail}", path.display())]
     NoKey { path: PathBuf, detail: String },
-    #[error("the server key does not fit the certificate or is unsupported: {0}")]
+    #[error("the private key does not fit the certificate or is unsupported: {0}")]
     Key(rustls::Error),
     #[error("CA certificate {}: {detail}", path.display())]
     Ca { path: PathBuf, detail: String },
@@ -340,32 +340,78 @@ pub fn postgres_tls(extra_cas: &[PathBuf]) -> Result<PostgresTls, TlsError> {
     Ok(PostgresTls::new(server_checking_config(extra_cas)?))
 }
 
-/// When `err` happened because this side refused the server's certificate (PostgreSQL's, say):
-/// rustls's reason and what an admin can do about it. Looked for along `err`'s sources.
-pub fn server_certificate_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+/// The JetStream publisher's TLS: NATS's certificate checked against the public roots plus
+/// `extra_cas`, and its name against the URL's host (TLS 1.2/1.3). With `client` (a PEM
+/// certificate chain and its key), that certificate for a NATS server that verifies its clients.
+pub fn nats_tls(
+    extra_cas: &[PathBuf],
+    client: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = server_checking_builder(extra_cas)?;
+    match client {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let (chain, key) = read_chain_and_key(cert, key)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(TlsError::Key)
+        }
+    }
+}
+
+/// When `err` is a TLS failure to a server (PostgreSQL, NATS): this side refused the server's
+/// certificate, the server refused this side's, or the server did not answer in TLS. Then the
+/// whole message for an admin: `err`, rustls's reason where `err` does not already show it, and
+/// what to change. `dial_hint` ends the advice for a certificate that does not name the host.
+/// The reason is looked for along `err`'s sources.
+pub fn server_certificate_problem(
+    err: &(dyn std::error::Error + 'static),
+    dial_hint: &str,
+) -> Option<String> {
     let mut next = Some(err);
     while let Some(e) = next {
-        if let Some(tls @ rustls::Error::InvalidCertificate(c)) = e.downcast_ref::<rustls::Error>()
-        {
-            let hint = match c {
-                CertificateError::UnknownIssuer => Some(
+        let hint = match e.downcast_ref::<rustls::Error>() {
+            Some(rustls::Error::InvalidCertificate(c)) => Some(match c {
+                CertificateError::UnknownIssuer => {
                     "the server's certificate chains neither to a public root nor to a CA of \
-                     ca_certificates",
-                ),
+                     ca_certificates"
+                        .to_owned()
+                }
                 CertificateError::NotValidForName
-                | CertificateError::NotValidForNameContext { .. } => Some(
+                | CertificateError::NotValidForNameContext { .. } => format!(
                     "the server's certificate does not name the URL's host: connect by a name it \
-                     holds (hostaddr= can give the address)",
+                     holds{dial_hint}"
                 ),
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                    Some("the server's certificate has expired")
+                    "the server's certificate has expired".to_owned()
                 }
-                _ => None,
-            };
-            return Some(match hint {
-                Some(hint) => format!("{tls}: {hint}"),
-                None => tls.to_string(),
-            });
+                _ => String::new(),
+            }),
+            Some(rustls::Error::AlertReceived(
+                rustls::AlertDescription::CertificateRequired
+                | rustls::AlertDescription::BadCertificate
+                | rustls::AlertDescription::UnknownCA,
+            )) => Some(
+                "the server wants a client certificate it trusts: set client_certificate and \
+                 client_key to one its CA issued"
+                    .to_owned(),
+            ),
+            Some(rustls::Error::InvalidMessage(_)) => Some(
+                "the server did not answer in TLS: is TLS on there, and is this its TLS port?"
+                    .to_owned(),
+            ),
+            _ => None,
+        };
+        if let Some(hint) = hint {
+            let mut message = err.to_string();
+            let reason = e.to_string();
+            if !message.contains(&reason) {
+                message = format!("{message}: {reason}");
+            }
+            if !hint.is_empty() {
+                message = format!("{message}: {hint}");
+            }
+            return Some(message);
         }
         // An `io::Error` hides what it wraps from `source()`; `get_ref()` gives it.
         next = match e.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
@@ -379,6 +425,13 @@ pub fn server_certificate_problem(err: &(dyn std::error::Error + 'static)) -> Op
 /// A client configuration without a client certificate that checks the server's certificate
 /// against the public web roots plus `extra_cas`; TLS 1.2/1.3.
 fn server_checking_config(extra_cas: &[PathBuf]) -> Result<rustls::ClientConfig, TlsError> {
+    Ok(server_checking_builder(extra_cas)?.with_no_client_auth())
+}
+
+fn server_checking_builder(
+    extra_cas: &[PathBuf],
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, TlsError>
+{
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for path in extra_cas {
@@ -387,8 +440,7 @@ fn server_checking_config(extra_cas: &[PathBuf]) -> Result<rustls::ClientConfig,
     Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Setup(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots))
 }
 
 /// Connects and completes the handshake; returns the stream, the TLS version and the cipher.
@@ -417,6 +469,15 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Loads a server certificate chain (leaf first) and its private key.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let (chain, key_der) = read_chain_and_key(cert, key)?;
+    CertifiedKey::from_der(chain, key_der, &provider()).map_err(TlsError::Key)
+}
+
+/// A PEM certificate chain (leaf first) and a PEM private key, as read from their files.
+fn read_chain_and_key(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let read = |p: &Path| {
         std::fs::read(p).map_err(|e| TlsError::Read {
             path: p.to_owned(),
@@ -436,7 +497,7 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
         path: key.to_owned(),
         detail: e.to_string(),
     })?;
-    CertifiedKey::from_der(chain, key_der, &provider()).map_err(TlsError::Key)
+    Ok((chain, key_der))
 }
 
 /// The server certificate, replaceable while the server runs.

@@ -1,16 +1,20 @@
 //! JetStream publishing against the real NATS server on 127.0.0.1:4222 (`.ci/run` starts it).
 //! Each test uses a stream and subject of its own. A TCP proxy in front of NATS lets a test make
-//! it unreachable without stopping the shared server.
+//! it unreachable without stopping the shared server. The TLS test starts a `nats-server` of its
+//! own (`.ci/run` installs it), one that verifies client certificates and a password.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use common::tcp_proxy::Proxy;
 use common::*;
 use obm_gate::config::JetStreamMode;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 const NATS: &str = "127.0.0.1:4222";
 
@@ -34,8 +38,10 @@ async fn context() -> jetstream::Context {
 
 /// Every message in the stream: `Nats-Msg-Id` → (subject, JSON document), failing on an ID
 /// seen twice.
-async fn stream_contents(stream: &str) -> BTreeMap<String, (String, serde_json::Value)> {
-    let js = context().await;
+async fn stream_contents(
+    js: &jetstream::Context,
+    stream: &str,
+) -> BTreeMap<String, (String, serde_json::Value)> {
     let mut s = js.get_stream(stream).await.unwrap();
     let info = s.info().await.unwrap();
     let (first, last) = (info.state.first_sequence, info.state.last_sequence);
@@ -142,7 +148,7 @@ async fn every_acknowledged_notification_is_in_the_stream_exactly_once() {
     proxy.up();
     post_until_ack(&client, &fifth).await;
 
-    let contents = stream_contents(&stream).await;
+    let contents = stream_contents(&context().await, &stream).await;
     let expected: Vec<String> = (1..=5).map(|n| format!("{ORG_A}/{}", nid(n))).collect();
     assert_eq!(contents.keys().cloned().collect::<Vec<_>>(), expected);
     let (subj, doc) = &contents[&expected[0]];
@@ -207,7 +213,7 @@ async fn jetstream_only_mode_keeps_no_local_store_and_refuses_without_nats() {
     proxy.up();
     post_until_ack(&client, &message(ORG_A, &[nid(3)])).await;
     assert_eq!(admin_get(&server.state, "/readyz").await.0, 200);
-    assert_eq!(stream_contents(&stream).await.len(), 3);
+    assert_eq!(stream_contents(&context().await, &stream).await.len(), 3);
     server.stop().await;
     context().await.delete_stream(&stream).await.unwrap();
 }
@@ -277,4 +283,204 @@ async fn nats_down_at_start_is_a_clear_start_error() {
         .expect("no NATS, no start")
         .to_string();
     assert!(err.contains("cannot connect to NATS"), "{err}");
+}
+
+const NATS_USER: &str = "obm";
+/// Characters a URL must percent-encode, so that the test sees them decoded.
+const NATS_PASSWORD: &str = "p@ss/w:rd";
+const NATS_PASSWORD_IN_URL: &str = "p%40ss%2Fw%3Ard";
+
+/// A `nats-server` of this test's own on 127.0.0.1: JetStream, TLS that verifies client
+/// certificates against `ca`, and a user with a password. Killed when dropped.
+struct TlsNats {
+    child: std::process::Child,
+    /// The certificates, the config, the store and the log; removed when dropped.
+    _dir: tempfile::TempDir,
+    port: u16,
+    ca: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl TlsNats {
+    fn start() -> TlsNats {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let write = |name: &str, text: &str| {
+            let path = d.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let ca = Ca::new("nats test CA");
+        let server = ca.issue_loopback_server("nats");
+        let client = ca.issue(Spec::new(Key::EcdsaP256, "obm-gate"));
+        let ca_path = write("ca.pem", &ca.cert_pem);
+        let server_cert = write("server.pem", &server.chain_pem);
+        let server_key = write("server.key", &server.key_pem);
+        let config = write(
+            "nats.conf",
+            &format!(
+                r#"listen: "127.0.0.1:-1"
+ports_file_dir: "{dir}"
+jetstream {{ store_dir: "{dir}/js" }}
+tls {{ cert_file: "{server_cert}", key_file: "{server_key}", ca_file: "{ca}", verify: true }}
+authorization {{ user: "{NATS_USER}", password: "{NATS_PASSWORD}" }}
+"#,
+                dir = d.display(),
+                server_cert = server_cert.display(),
+                server_key = server_key.display(),
+                ca = ca_path.display(),
+            ),
+        );
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("nats-server"));
+        let log = std::fs::File::create(d.join("nats.log")).unwrap();
+        let child = std::process::Command::new(&binary)
+            .arg("-c")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (.ci/run installs nats-server)", binary.display()));
+        // nats-server writes its port into the ports file once it listens.
+        let ports = d.join(format!("nats-server_{}.ports", child.id()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            let found = std::fs::read(&ports).ok().and_then(|b| {
+                let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+                let url = v["nats"][0].as_str()?;
+                url.rsplit(':').next()?.parse::<u16>().ok()
+            });
+            if let Some(port) = found {
+                break port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start: {}",
+                std::fs::read_to_string(d.join("nats.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        TlsNats {
+            child,
+            port,
+            ca: ca_path,
+            client_cert: write("client.pem", &client.chain_pem),
+            client_key: write("client.key", &client.key_pem),
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, password: &str) -> String {
+        format!("tls://{NATS_USER}:{password}@127.0.0.1:{}", self.port)
+    }
+
+    /// The test's own client, with the CA, the client certificate and the password.
+    async fn context(&self) -> jetstream::Context {
+        let pem = |p: &Path| std::fs::read(p).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(&pem(&self.ca)) {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let chain = CertificateDer::pem_slice_iter(&pem(&self.client_cert))
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_slice(&pem(&self.client_key)).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        let client = async_nats::ConnectOptions::new()
+            .user_and_password(NATS_USER.into(), NATS_PASSWORD.into())
+            .require_tls(true)
+            .tls_client_config(tls)
+            .connect(format!("tls://127.0.0.1:{}", self.port))
+            .await
+            .expect("the test's own TLS client reaches its nats-server");
+        jetstream::new(client)
+    }
+}
+
+impl Drop for TlsNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// With a `tls://` URL the publisher checks NATS's certificate against `[jetstream]
+/// ca_certificates` and its name against the URL's host, presents `client_certificate`, and
+/// authenticates with the URL's user and (percent-encoded) password. Each missing piece stops
+/// the start with an error that says which key to set, and never shows the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publisher_reaches_nats_over_mutual_tls_with_a_password() {
+    use obm_gate::jetstream::Publisher;
+    let nats = TlsNats::start();
+    let (stream, subject) = names("tls");
+    let tls_config = |url: String| {
+        let mut j = obm_gate::Config::default().jetstream;
+        j.url = Some(url);
+        j.stream = stream.clone();
+        j.subject = subject.clone();
+        j.ca_certificates = vec![nats.ca.clone()];
+        j.client_certificate = Some(nats.client_cert.clone());
+        j.client_key = Some(nats.client_key.clone());
+        j
+    };
+    let good = tls_config(nats.url(NATS_PASSWORD_IN_URL));
+    let server = TestServer::start_with(|c, _| c.jetstream = good.clone()).await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "nats-tls"));
+    server.register(ORG_A, "nats-tls", &id);
+    server.client(Some(&id)).ack(ORG_A, &[nid(1), nid(2)]).await;
+    server.stop().await;
+    let js = nats.context().await;
+    let contents = stream_contents(&js, &stream).await;
+    assert_eq!(contents.len(), 2, "{contents:?}");
+    for (subj, doc) in contents.values() {
+        assert_eq!(subj, &format!("{subject}.{ORG_A}"));
+        assert_eq!(doc["org_id"], ORG_A);
+    }
+
+    let refused = |config: obm_gate::config::JetStream| async move {
+        let error = Publisher::connect(&config)
+            .await
+            .err()
+            .expect("the publisher is refused")
+            .to_string();
+        println!("{error}");
+        for secret in [NATS_PASSWORD, NATS_PASSWORD_IN_URL, "p%40ss"] {
+            assert!(!error.contains(secret), "the password shows: {error}");
+        }
+        error
+    };
+    // Without the CA: the public roots do not vouch for this NATS.
+    let mut no_ca = good.clone();
+    no_ca.ca_certificates.clear();
+    let error = refused(no_ca).await;
+    assert!(error.contains("UnknownIssuer"), "{error}");
+    assert!(error.contains("ca_certificates"), "{error}");
+    // Without a client certificate: NATS ends the handshake.
+    let mut no_identity = good.clone();
+    no_identity.client_certificate = None;
+    no_identity.client_key = None;
+    let error = refused(no_identity).await;
+    assert!(
+        error.contains("client_certificate and client_key"),
+        "{error}"
+    );
+    // A wrong password.
+    let error = refused(tls_config(nats.url("wrong%40pw"))).await;
+    assert!(error.contains("refused the credentials"), "{error}");
+    assert!(!error.contains("wrong"), "the password shows: {error}");
+    // tls:// to a NATS that offers no TLS (the shared one): refused, not sent in the clear.
+    let mut plain = good.clone();
+    plain.url = Some(format!("tls://{NATS_USER}:{NATS_PASSWORD_IN_URL}@{NATS}"));
+    let error = refused(plain).await;
+    assert!(error.contains("did not answer in TLS"), "{error}");
+    js.delete_stream(&stream).await.unwrap();
 }

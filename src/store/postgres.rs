@@ -101,7 +101,7 @@ pub struct Target {
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Target")
-            .field("url", &redact(&self.url))
+            .field("url", &crate::config::redact_url(&self.url))
             .field("tls", &self.tls.is_some())
             .finish()
     }
@@ -112,7 +112,7 @@ impl Target {
     /// anchors besides the public web roots.
     pub fn new(url: &str, ca_certificates: &[PathBuf]) -> Result<Target, StoreError> {
         let open_err = |detail: String| StoreError::Open {
-            path: redact(url).into(),
+            path: crate::config::redact_url(url).into(),
             detail,
         };
         // libpq's `verify-full` is what `require` does here; tokio-postgres knows only the latter.
@@ -159,9 +159,11 @@ async fn connect(target: &Target) -> Result<Client, StoreError> {
     tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| err(format!("no connection within {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| match crate::tls::server_certificate_problem(&e) {
-            Some(problem) => err(format!("{e}: {problem}")),
-            None => err(e),
+        .map_err(|e| {
+            match crate::tls::server_certificate_problem(&e, " (hostaddr= can give the address)") {
+                Some(problem) => err(problem),
+                None => err(e),
+            }
         })
 }
 
@@ -186,7 +188,7 @@ pub(crate) async fn start(
     rx: mpsc::Receiver<Job>,
 ) -> Result<(), StoreError> {
     let open_err = |e: StoreError| StoreError::Open {
-        path: redact(&target.url).into(),
+        path: crate::config::redact_url(&target.url).into(),
         detail: match e {
             StoreError::Write(detail) => detail,
             other => other.to_string(),
@@ -194,7 +196,7 @@ pub(crate) async fn start(
     };
     if target.tls.is_none() && !target.local {
         tracing::warn!(
-            url = %redact(&target.url),
+            url = %crate::config::redact_url(&target.url),
             "the PostgreSQL connection is plain TCP, not TLS: notifications and the password \
              cross the network readable; add sslmode=require to [store] url"
         );
@@ -209,14 +211,6 @@ pub(crate) async fn start(
     };
     tokio::spawn(writer.run(rx));
     Ok(())
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
 }
 
 async fn migrate(client: &mut Client) -> Result<(), StoreError> {

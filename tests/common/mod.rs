@@ -17,7 +17,7 @@ use obm_gate::Config;
 use obm_gate::http::AppState;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, RsaKeySize,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, RsaKeySize, SanType,
 };
 use rustls::ClientConfig;
 use rustls::crypto::aws_lc_rs;
@@ -158,6 +158,25 @@ impl Ca {
         let key = key_pair(spec.key);
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = spec.params().signed_by(&key, &issuer).unwrap();
+        Identity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+            chain_pem: cert.pem(),
+        }
+    }
+
+    /// A server certificate (ECDSA P-256, `serverAuth`) for 127.0.0.1 and localhost.
+    pub fn issue_loopback_server(&self, cn: &str) -> Identity {
+        let key = key_pair(Key::EcdsaP256);
+        let mut params = Spec::new(Key::EcdsaP256, cn).params();
+        params.subject_alt_names = vec![
+            SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+            SanType::DnsName("localhost".try_into().unwrap()),
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
         Identity {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
