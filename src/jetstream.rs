@@ -229,3 +229,23 @@ impl Publisher {
         })?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Which hosts the plain-TCP warning spares.
+    #[test]
+    fn loopback_hosts() {
+        for (host, loopback) in [
+            ("localhost", true),
+            ("127.0.0.1", true),
+            ("127.8.9.10", true),
+            ("[::1]", true),
+            ("::1", true),
+            ("10.0.0.1", false),
+            ("nats.internal", false),
+            ("localhost.example.com", false),
+        ] {
+            assert_eq!(super::is_loopback(host), loopback, "{host}");
+        }
+    }
+}
