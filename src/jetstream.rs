@@ -41,6 +41,18 @@ fn connect_problem(e: &async_nats::ConnectError) -> String {
             "{e}: NATS refused the credentials; give them in [jetstream] url as \
              user:password@ or token@ before the host"
         ),
+        // async-nats reads the system's CA certificates on each TLS connect even when given a
+        // config of its own, which checks NATS against other roots.
+        async_nats::ConnectErrorKind::Tls
+            if e.to_string().contains("could not load platform certs") =>
+        {
+            format!(
+                "{e}: the NATS client reads the system's CA certificates (SSL_CERT_FILE, \
+                 SSL_CERT_DIR, /etc/ssl/certs) on every TLS connect, though obm-gate checks NATS \
+                 against its own roots plus [jetstream] ca_certificates: repair the broken bundle, or \
+                 point SSL_CERT_FILE at a good one"
+            )
+        }
         _ => e.to_string(),
     }
 }

@@ -484,3 +484,37 @@ async fn the_publisher_reaches_nats_over_mutual_tls_with_a_password() {
     assert!(error.contains("did not answer in TLS"), "{error}");
     js.delete_stream(&stream).await.unwrap();
 }
+
+/// The NATS client reads the system's CA certificates on every TLS connect, even though the
+/// publisher gives it roots of its own: a broken bundle stops the start, and the error says
+/// where to look rather than blaming NATS.
+#[test]
+fn a_broken_system_ca_bundle_is_named_at_start() {
+    let nats = TlsNats::start();
+    let dir = common::process::workdir();
+    let broken = dir.path().join("broken-bundle.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::process::BIN)
+        .args(["serve", "--config", "obm-gate.toml"])
+        .current_dir(dir.path())
+        .env("OBM_GATE_JETSTREAM_URL", nats.url(NATS_PASSWORD_IN_URL))
+        .env("OBM_GATE_JETSTREAM_CA_CERTIFICATES", &nats.ca)
+        .env("OBM_GATE_JETSTREAM_CLIENT_CERTIFICATE", &nats.client_cert)
+        .env("OBM_GATE_JETSTREAM_CLIENT_KEY", &nats.client_key)
+        .env("SSL_CERT_FILE", &broken)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("could not load platform certs"), "{err}");
+    assert!(err.contains("SSL_CERT_FILE"), "{err}");
+    assert!(
+        !err.contains(NATS_PASSWORD_IN_URL),
+        "the password shows: {err}"
+    );
+}
