@@ -1,6 +1,6 @@
 //! JetStream publishing against the real NATS server on 127.0.0.1:4222 (`.ci/run` starts it).
 //! Each test uses a stream and subject of its own. A TCP proxy in front of NATS lets a test make
-//! it unreachable without stopping the shared server. The TLS test starts a `nats-server` of its
+//! it unreachable without stopping the shared server. The TLS tests start a `nats-server` of their
 //! own (`.ci/run` installs it), one that verifies client certificates and a password.
 
 mod common;
