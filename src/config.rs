@@ -52,6 +52,9 @@ pub struct JetStream {
     /// A PEM certificate (chain) and its key, for a NATS server that verifies its clients.
     pub client_certificate: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// A file holding an NKey user seed (`SU…`), for a NATS server that authenticates by NKey
+    /// instead of a password or token in the URL.
+    pub nkey_seed_file: Option<PathBuf>,
     /// The stream; created if missing, checked if present.
     pub stream: String,
     /// Notifications are published to `<subject>.<OrgId>`; the stream captures `<subject>.*`.
@@ -252,6 +255,7 @@ impl Default for Config {
                 ca_certificates: Vec::new(),
                 client_certificate: None,
                 client_key: None,
+                nkey_seed_file: None,
                 stream: "OBM".into(),
                 subject: "obm.notifications".into(),
                 mode: JetStreamMode::AfterStore,
@@ -381,6 +385,7 @@ pub fn parse(toml_text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
                 d.jetstream.client_certificate,
             ),
             client_key: r.get("jetstream", "client_key", d.jetstream.client_key),
+            nkey_seed_file: r.get("jetstream", "nkey_seed_file", d.jetstream.nkey_seed_file),
             stream: r.get("jetstream", "stream", d.jetstream.stream),
             subject: r.get("jetstream", "subject", d.jetstream.subject),
             mode: r.get("jetstream", "mode", d.jetstream.mode),
@@ -598,16 +603,26 @@ fn validate_jetstream(j: &JetStream) -> Vec<String> {
                     .into(),
             );
         }
-        if !j.ca_certificates.is_empty() || j.client_certificate.is_some() || j.client_key.is_some()
+        if !j.ca_certificates.is_empty()
+            || j.client_certificate.is_some()
+            || j.client_key.is_some()
+            || j.nkey_seed_file.is_some()
         {
             errors.push(
-                "[jetstream] ca_certificates, client_certificate, client_key: TLS to NATS needs \
-                 [jetstream] url"
+                "[jetstream] ca_certificates, client_certificate, client_key, nkey_seed_file: \
+                 they are for the NATS connection, which needs [jetstream] url"
                     .into(),
             );
         }
         return errors;
     };
+    if j.nkey_seed_file.is_some() && redact_url(url) != *url {
+        errors.push(
+            "[jetstream] nkey_seed_file: the url carries credentials too, and NATS takes one \
+             kind: drop user:password@ or token@ from the url, or unset nkey_seed_file"
+                .into(),
+        );
+    }
     if let Some((scheme, _)) = url.split_once("://")
         && scheme != "nats"
         && scheme != "tls"
@@ -1050,16 +1065,18 @@ mod tests {
             "[jetstream]\nca_certificates = [\"nats-ca.pem\"]\nclient_key = \"obm.key\"",
             &[],
         );
-        assert!(
-            errors.contains("TLS to NATS needs [jetstream] url"),
-            "{errors}"
-        );
+        assert!(errors.contains("which needs [jetstream] url"), "{errors}");
         let errors = joined(
             "[jetstream]\nurl = \"https://nats.example.com\"\nclient_key = \"obm.key\"",
             &[],
         );
         assert!(errors.contains("https:// is not a NATS URL"), "{errors}");
         assert!(errors.contains("set both"), "{errors}");
+        let errors = joined(
+            "[jetstream]\nurl = \"tls://obm:pw@nats.example.com:4222\"",
+            &[("OBM_GATE_JETSTREAM_NKEY_SEED_FILE", "obm.nk")],
+        );
+        assert!(errors.contains("NATS takes one kind"), "{errors}");
         // An empty environment value unsets a key from the file.
         let c = parse(
             "[jetstream]\nurl = \"nats://127.0.0.1:4222\"\nclient_certificate = \"obm.pem\"\n\

@@ -7,6 +7,7 @@
 //! are sent back to back, then every PubAck is awaited; the request is acknowledged only when
 //! all arrived. The stream is created at start if missing, or checked if present.
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_nats::ServerAddr;
@@ -31,16 +32,23 @@ pub enum JetStreamError {
     Publish(String),
 }
 
-/// Why NATS refused the connection, with what to change where the cause is known.
-fn connect_problem(e: &async_nats::ConnectError) -> String {
+/// Why NATS refused the connection, with what to change where the cause is known. `nkey` is
+/// the public key of `[jetstream] nkey_seed_file`'s seed.
+fn connect_problem(e: &async_nats::ConnectError, nkey: Option<&str>) -> String {
     if let Some(problem) = crate::tls::server_certificate_problem(e, "") {
         return problem;
     }
     match e.kind() {
-        async_nats::ConnectErrorKind::AuthorizationViolation => format!(
-            "{e}: NATS refused the credentials; give them in [jetstream] url as \
-             user:password@ or token@ before the host"
-        ),
+        async_nats::ConnectErrorKind::AuthorizationViolation => match nkey {
+            Some(nkey) => format!(
+                "{e}: NATS refused the NKey {nkey} of [jetstream] nkey_seed_file; the server's \
+                 authorization needs a user with nkey: {nkey}"
+            ),
+            None => format!(
+                "{e}: NATS refused the credentials; give them in [jetstream] url as \
+                 user:password@ or token@ before the host, or set nkey_seed_file"
+            ),
+        },
         // async-nats reads the system's CA certificates on each TLS connect even when given a
         // config of its own, which checks NATS against other roots.
         async_nats::ConnectErrorKind::Tls
@@ -55,6 +63,27 @@ fn connect_problem(e: &async_nats::ConnectError) -> String {
         }
         _ => e.to_string(),
     }
+}
+
+/// The NKey user seed in `path`, and its public key.
+fn read_nkey_seed(path: &Path) -> Result<(String, String), String> {
+    let problem = |detail: String| {
+        format!(
+            "[jetstream] nkey_seed_file {}: {detail}; it must hold one NKey user seed (SU…), as \
+             `nk -gen user` or nsc writes it",
+            path.display()
+        )
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
+    let seed = text.trim();
+    let pair = nkeys::KeyPair::from_seed(seed).map_err(|e| problem(e.to_string()))?;
+    if pair.key_pair_type() != nkeys::KeyPairType::User {
+        return Err(problem(format!(
+            "this seed is of kind {:?}, not User",
+            pair.key_pair_type()
+        )));
+    }
+    Ok((seed.to_owned(), pair.public_key()))
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -122,15 +151,21 @@ impl Publisher {
             (Some(token), None) => options = options.token(decode(token)),
             _ => {}
         }
+        let mut nkey = None;
+        if let Some(path) = &cfg.nkey_seed_file {
+            let (seed, public) = read_nkey_seed(path).map_err(fail)?;
+            options = options.nkey(seed);
+            nkey = Some(public);
+        }
         let client = options
             .connect(addr.clone())
             .await
-            .map_err(|e| fail(connect_problem(&e)))?;
+            .map_err(|e| fail(connect_problem(&e, nkey.as_deref())))?;
         let tls_used = require_tls || client.server_info().tls_required;
         if !tls_used && !is_loopback(addr.host()) {
             tracing::warn!(url = %shown, "NATS is reached over plain TCP: notifications cross the network unencrypted; use a tls:// URL");
         }
-        tracing::info!(url = %shown, tls = tls_used, "connected to NATS");
+        tracing::info!(url = %shown, tls = tls_used, nkey = nkey.as_deref(), "connected to NATS");
         let context = jetstream::ContextBuilder::new()
             .timeout(cfg.publish_timeout)
             .max_ack_inflight(16_384)

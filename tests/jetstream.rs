@@ -291,7 +291,8 @@ const NATS_PASSWORD: &str = "p@ss/w:rd";
 const NATS_PASSWORD_IN_URL: &str = "p%40ss%2Fw%3Ard";
 
 /// A `nats-server` of this test's own on 127.0.0.1: JetStream, TLS that verifies client
-/// certificates against `ca`, and a user with a password. Killed when dropped.
+/// certificates against `ca`, a user with a password and a user with the NKey of `nkey_seed`.
+/// Killed when dropped.
 struct TlsNats {
     child: std::process::Child,
     /// The certificates, the config, the store and the log; removed when dropped.
@@ -300,6 +301,7 @@ struct TlsNats {
     ca: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
+    nkey_seed: PathBuf,
 }
 
 impl TlsNats {
@@ -314,6 +316,7 @@ impl TlsNats {
         let ca = Ca::new("nats test CA");
         let server = ca.issue_loopback_server("nats");
         let client = ca.issue(Spec::new(Key::EcdsaP256, "obm-gate"));
+        let nkey = nkeys::KeyPair::new_user();
         let ca_path = write("ca.pem", &ca.cert_pem);
         let server_cert = write("server.pem", &server.chain_pem);
         let server_key = write("server.key", &server.key_pem);
@@ -324,12 +327,16 @@ impl TlsNats {
 ports_file_dir: "{dir}"
 jetstream {{ store_dir: "{dir}/js" }}
 tls {{ cert_file: "{server_cert}", key_file: "{server_key}", ca_file: "{ca}", verify: true }}
-authorization {{ user: "{NATS_USER}", password: "{NATS_PASSWORD}" }}
+authorization {{ users: [
+  {{ user: "{NATS_USER}", password: "{NATS_PASSWORD}" }},
+  {{ nkey: "{nkey}" }}
+] }}
 "#,
                 dir = d.display(),
                 server_cert = server_cert.display(),
                 server_key = server_key.display(),
                 ca = ca_path.display(),
+                nkey = nkey.public_key(),
             ),
         );
         let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
@@ -370,6 +377,7 @@ authorization {{ user: "{NATS_USER}", password: "{NATS_PASSWORD}" }}
             ca: ca_path,
             client_cert: write("client.pem", &client.chain_pem),
             client_key: write("client.key", &client.key_pem),
+            nkey_seed: write("obm.nk", &(nkey.seed().unwrap() + "\n")),
             _dir: dir,
         }
     }
@@ -517,4 +525,54 @@ fn a_broken_system_ca_bundle_is_named_at_start() {
         !err.contains(NATS_PASSWORD_IN_URL),
         "the password shows: {err}"
     );
+}
+
+/// With `[jetstream] nkey_seed_file` the publisher authenticates by NKey. A seed NATS does not
+/// know, a seed that is not a user's, or a file that holds no seed stops the start, and the
+/// error names the public key or the file, never the seed.
+#[tokio::test]
+async fn the_publisher_authenticates_with_an_nkey() {
+    use obm_gate::jetstream::Publisher;
+    let nats = TlsNats::start();
+    let mut config = obm_gate::Config::default().jetstream;
+    config.url = Some(format!("tls://127.0.0.1:{}", nats.port));
+    config.ca_certificates = vec![nats.ca.clone()];
+    config.client_certificate = Some(nats.client_cert.clone());
+    config.client_key = Some(nats.client_key.clone());
+    let (stream, subject) = names("nkey");
+    config.stream = stream.clone();
+    config.subject = subject;
+    config.nkey_seed_file = Some(nats.nkey_seed.clone());
+    Publisher::connect(&config)
+        .await
+        .expect("the registered NKey is accepted");
+
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |seed: String| {
+        let mut config = config.clone();
+        let path = dir.path().join(format!("{}.nk", seed.len()));
+        std::fs::write(&path, &seed).unwrap();
+        config.nkey_seed_file = Some(path);
+        async move {
+            let error = Publisher::connect(&config)
+                .await
+                .err()
+                .expect("the publisher is refused")
+                .to_string();
+            println!("{error}");
+            if seed.len() > 8 {
+                assert!(!error.contains(seed.trim()), "the seed shows: {error}");
+            }
+            error
+        }
+    };
+    let stranger = nkeys::KeyPair::new_user();
+    let error = refused(stranger.seed().unwrap()).await;
+    assert!(error.contains(&stranger.public_key()), "{error}");
+    assert!(error.contains("needs a user with nkey"), "{error}");
+    let error = refused(nkeys::KeyPair::new_account().seed().unwrap()).await;
+    assert!(error.contains("of kind Account, not User"), "{error}");
+    let error = refused("-----BEGIN NATS USER JWT-----".into()).await;
+    assert!(error.contains("must hold one NKey user seed"), "{error}");
+    nats.context().await.delete_stream(&stream).await.unwrap();
 }
