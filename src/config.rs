@@ -55,6 +55,8 @@ pub struct JetStream {
     /// A file holding an NKey user seed (`SU…`), for a NATS server that authenticates by NKey
     /// instead of a password or token in the URL.
     pub nkey_seed_file: Option<PathBuf>,
+    /// A NATS `.creds` file (a user JWT and its NKey seed), for a server in operator mode.
+    pub credentials_file: Option<PathBuf>,
     /// The stream; created if missing, checked if present.
     pub stream: String,
     /// Notifications are published to `<subject>.<OrgId>`; the stream captures `<subject>.*`.
@@ -256,6 +258,7 @@ impl Default for Config {
                 client_certificate: None,
                 client_key: None,
                 nkey_seed_file: None,
+                credentials_file: None,
                 stream: "OBM".into(),
                 subject: "obm.notifications".into(),
                 mode: JetStreamMode::AfterStore,
@@ -386,6 +389,11 @@ pub fn parse(toml_text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
             ),
             client_key: r.get("jetstream", "client_key", d.jetstream.client_key),
             nkey_seed_file: r.get("jetstream", "nkey_seed_file", d.jetstream.nkey_seed_file),
+            credentials_file: r.get(
+                "jetstream",
+                "credentials_file",
+                d.jetstream.credentials_file,
+            ),
             stream: r.get("jetstream", "stream", d.jetstream.stream),
             subject: r.get("jetstream", "subject", d.jetstream.subject),
             mode: r.get("jetstream", "mode", d.jetstream.mode),
@@ -607,21 +615,29 @@ fn validate_jetstream(j: &JetStream) -> Vec<String> {
             || j.client_certificate.is_some()
             || j.client_key.is_some()
             || j.nkey_seed_file.is_some()
+            || j.credentials_file.is_some()
         {
             errors.push(
-                "[jetstream] ca_certificates, client_certificate, client_key, nkey_seed_file: \
-                 they are for the NATS connection, which needs [jetstream] url"
+                "[jetstream] ca_certificates, client_certificate, client_key, nkey_seed_file, \
+                 credentials_file: they are for the NATS connection, which needs [jetstream] url"
                     .into(),
             );
         }
         return errors;
     };
-    if j.nkey_seed_file.is_some() && redact_url(url) != *url {
-        errors.push(
-            "[jetstream] nkey_seed_file: the url carries credentials too, and NATS takes one \
-             kind: drop user:password@ or token@ from the url, or unset nkey_seed_file"
-                .into(),
-        );
+    let ways: Vec<&str> = [
+        (redact_url(url) != *url).then_some("url (user:password@ or token@)"),
+        j.nkey_seed_file.as_ref().map(|_| "nkey_seed_file"),
+        j.credentials_file.as_ref().map(|_| "credentials_file"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if ways.len() > 1 {
+        errors.push(format!(
+            "[jetstream] {}: each authenticates to NATS, which takes one way; keep one",
+            ways.join(", ")
+        ));
     }
     if let Some((scheme, _)) = url.split_once("://")
         && scheme != "nats"
@@ -1076,7 +1092,15 @@ mod tests {
             "[jetstream]\nurl = \"tls://obm:pw@nats.example.com:4222\"",
             &[("OBM_GATE_JETSTREAM_NKEY_SEED_FILE", "obm.nk")],
         );
-        assert!(errors.contains("NATS takes one kind"), "{errors}");
+        assert!(
+            errors.contains("nkey_seed_file: each authenticates"),
+            "{errors}"
+        );
+        let errors = joined(
+            "[jetstream]\nurl = \"tls://nats.example.com:4222\"\ncredentials_file = \"obm.creds\"",
+            &[("OBM_GATE_JETSTREAM_NKEY_SEED_FILE", "obm.nk")],
+        );
+        assert!(errors.contains("which takes one way"), "{errors}");
         // An empty environment value unsets a key from the file.
         let c = parse(
             "[jetstream]\nurl = \"nats://127.0.0.1:4222\"\nclient_certificate = \"obm.pem\"\n\

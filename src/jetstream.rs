@@ -32,21 +32,35 @@ pub enum JetStreamError {
     Publish(String),
 }
 
-/// Why NATS refused the connection, with what to change where the cause is known. `nkey` is
-/// the public key of `[jetstream] nkey_seed_file`'s seed.
-fn connect_problem(e: &async_nats::ConnectError, nkey: Option<&str>) -> String {
+/// How the publisher authenticates to NATS.
+enum Auth {
+    /// `user:password@` or `token@` in the URL, or nothing.
+    Url,
+    /// `[jetstream] nkey_seed_file`, with the seed's public key.
+    Nkey(String),
+    /// `[jetstream] credentials_file`.
+    Creds,
+}
+
+/// Why NATS refused the connection, with what to change where the cause is known.
+fn connect_problem(e: &async_nats::ConnectError, auth: &Auth) -> String {
     if let Some(problem) = crate::tls::server_certificate_problem(e, "") {
         return problem;
     }
     match e.kind() {
-        async_nats::ConnectErrorKind::AuthorizationViolation => match nkey {
-            Some(nkey) => format!(
+        async_nats::ConnectErrorKind::AuthorizationViolation => match auth {
+            Auth::Nkey(nkey) => format!(
                 "{e}: NATS refused the NKey {nkey} of [jetstream] nkey_seed_file; the server's \
                  authorization needs a user with nkey: {nkey}"
             ),
-            None => format!(
+            Auth::Creds => format!(
+                "{e}: NATS refused the user JWT of [jetstream] credentials_file: it must be \
+                 issued by an account the server trusts, and be neither expired nor revoked"
+            ),
+            Auth::Url => format!(
                 "{e}: NATS refused the credentials; give them in [jetstream] url as \
-                 user:password@ or token@ before the host, or set nkey_seed_file"
+                 user:password@ or token@ before the host, or set nkey_seed_file or \
+                 credentials_file"
             ),
         },
         // async-nats reads the system's CA certificates on each TLS connect even when given a
@@ -84,6 +98,43 @@ fn read_nkey_seed(path: &Path) -> Result<(String, String), String> {
         )));
     }
     Ok((seed.to_owned(), pair.public_key()))
+}
+
+/// A `.creds` user JWT expiring sooner than this is logged as a warning at start.
+const CREDS_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The user of a `.creds` file, as its JWT says: the public NKey and the expiry (Unix seconds).
+struct CredsUser {
+    nkey: String,
+    expires: Option<u64>,
+}
+
+/// The text of the `.creds` file at `path`, and its user where the JWT can be read (async-nats
+/// checks the file; this is for the log).
+fn read_creds(path: &Path) -> Result<(String, Option<CredsUser>), String> {
+    use base64::Engine;
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        sub: String,
+        exp: Option<u64>,
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let user = text
+        .lines()
+        .skip_while(|l| !l.contains("BEGIN NATS USER JWT"))
+        .nth(1)
+        .and_then(|jwt| jwt.trim().split('.').nth(1))
+        .and_then(|claims| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(claims.trim_end_matches('='))
+                .ok()
+        })
+        .and_then(|json| serde_json::from_slice::<Claims>(&json).ok())
+        .map(|c| CredsUser {
+            nkey: c.sub,
+            expires: c.exp,
+        });
+    Ok((text, user))
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -151,21 +202,54 @@ impl Publisher {
             (Some(token), None) => options = options.token(decode(token)),
             _ => {}
         }
-        let mut nkey = None;
+        let mut auth = Auth::Url;
         if let Some(path) = &cfg.nkey_seed_file {
             let (seed, public) = read_nkey_seed(path).map_err(fail)?;
             options = options.nkey(seed);
-            nkey = Some(public);
+            auth = Auth::Nkey(public);
+        }
+        let mut creds_user = None;
+        if let Some(path) = &cfg.credentials_file {
+            let problem = |e: String| {
+                fail(format!(
+                    "[jetstream] credentials_file {}: {e}; it must be a NATS .creds file (a user \
+                     JWT and its NKey seed), as nsc or Synadia Cloud makes it",
+                    path.display()
+                ))
+            };
+            let (text, user) = read_creds(path).map_err(problem)?;
+            options = options
+                .credentials(&text)
+                .map_err(|e| problem(e.to_string()))?;
+            auth = Auth::Creds;
+            creds_user = user;
         }
         let client = options
             .connect(addr.clone())
             .await
-            .map_err(|e| fail(connect_problem(&e, nkey.as_deref())))?;
+            .map_err(|e| fail(connect_problem(&e, &auth)))?;
         let tls_used = require_tls || client.server_info().tls_required;
         if !tls_used && !is_loopback(addr.host()) {
             tracing::warn!(url = %shown, "NATS is reached over plain TCP: notifications cross the network unencrypted; use a tls:// URL");
         }
-        tracing::info!(url = %shown, tls = tls_used, nkey = nkey.as_deref(), "connected to NATS");
+        let nkey = match (&auth, &creds_user) {
+            (Auth::Nkey(public), _) => Some(public.as_str()),
+            (_, Some(user)) => Some(user.nkey.as_str()),
+            _ => None,
+        };
+        tracing::info!(url = %shown, tls = tls_used, nkey, "connected to NATS");
+        if let Some(expires) = creds_user.and_then(|u| u.expires) {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(expires);
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            let at = humantime::format_rfc3339_seconds(at);
+            if left < CREDS_EXPIRY_WARNING {
+                tracing::warn!(expires = %at, "the NATS user JWT of [jetstream] credentials_file expires in {} days: renew the .creds file before, or publishing stops", left.as_secs() / 86_400);
+            } else {
+                tracing::info!(expires = %at, "the NATS user JWT of [jetstream] credentials_file");
+            }
+        }
         let context = jetstream::ContextBuilder::new()
             .timeout(cfg.publish_timeout)
             .max_ack_inflight(16_384)

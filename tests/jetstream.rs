@@ -292,9 +292,8 @@ const NATS_PASSWORD_IN_URL: &str = "p%40ss%2Fw%3Ard";
 
 /// A `nats-server` of this test's own on 127.0.0.1: JetStream, TLS that verifies client
 /// certificates against `ca`, a user with a password and a user with the NKey of `nkey_seed`.
-/// Killed when dropped.
 struct TlsNats {
-    child: std::process::Child,
+    _process: NatsProcess,
     /// The certificates, the config, the store and the log; removed when dropped.
     _dir: tempfile::TempDir,
     port: u16,
@@ -339,41 +338,10 @@ authorization {{ users: [
                 nkey = nkey.public_key(),
             ),
         );
-        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from("nats-server"));
-        let log = std::fs::File::create(d.join("nats.log")).unwrap();
-        let child = std::process::Command::new(&binary)
-            .arg("-c")
-            .arg(&config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e} (.ci/run installs nats-server)", binary.display()));
-        // nats-server writes its port into the ports file once it listens.
-        let ports = d.join(format!("nats-server_{}.ports", child.id()));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let port = loop {
-            let found = std::fs::read(&ports).ok().and_then(|b| {
-                let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
-                let url = v["nats"][0].as_str()?;
-                url.rsplit(':').next()?.parse::<u16>().ok()
-            });
-            if let Some(port) = found {
-                break port;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start: {}",
-                std::fs::read_to_string(d.join("nats.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let process = NatsProcess::start(d, &config);
         TlsNats {
-            child,
-            port,
+            port: process.port,
+            _process: process,
             ca: ca_path,
             client_cert: write("client.pem", &client.chain_pem),
             client_key: write("client.key", &client.key_pem),
@@ -414,7 +382,53 @@ authorization {{ users: [
     }
 }
 
-impl Drop for TlsNats {
+/// A `nats-server` of the test's own, run with `config` (which has `ports_file_dir: "<dir>"`),
+/// its log in `dir`. Killed when dropped.
+struct NatsProcess {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl NatsProcess {
+    fn start(d: &Path, config: &Path) -> NatsProcess {
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("nats-server"));
+        let log = std::fs::File::create(d.join("nats.log")).unwrap();
+        let mut child = std::process::Command::new(&binary)
+            .arg("-c")
+            .arg(config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (.ci/run installs nats-server)", binary.display()));
+        // nats-server writes its port into the ports file once it listens.
+        let ports = d.join(format!("nats-server_{}.ports", child.id()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            let found = std::fs::read(&ports).ok().and_then(|b| {
+                let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+                let url = v["nats"][0].as_str()?;
+                url.rsplit(':').next()?.parse::<u16>().ok()
+            });
+            if let Some(port) = found {
+                break port;
+            }
+            let exited = child.try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "nats-server did not start ({exited:?}): {}",
+                std::fs::read_to_string(d.join("nats.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        NatsProcess { child, port }
+    }
+}
+
+impl Drop for NatsProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -575,4 +589,198 @@ async fn the_publisher_authenticates_with_an_nkey() {
     let error = refused("-----BEGIN NATS USER JWT-----".into()).await;
     assert!(error.contains("must hold one NKey user seed"), "{error}");
     nats.context().await.delete_stream(&stream).await.unwrap();
+}
+
+/// A NATS JWT (v2): `claims` with `iss`, `sub`, `name`, `iat` and `jti` added, signed by
+/// `issuer`.
+fn nats_jwt(
+    issuer: &nkeys::KeyPair,
+    subject: &str,
+    mut claims: serde_json::Value,
+    expires: Option<u64>,
+) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let now = now_secs();
+    claims["iss"] = issuer.public_key().into();
+    claims["sub"] = subject.into();
+    claims["name"] = subject[..8].into();
+    claims["iat"] = (now - 60).into();
+    claims["jti"] = format!("T{now}{}", &subject[1..20]).into();
+    if let Some(exp) = expires {
+        claims["exp"] = exp.into();
+    }
+    let signed = format!(
+        "{}.{}",
+        b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64(&signature))
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A `.creds` file's text, as nsc writes it.
+fn creds(jwt: &str, seed: &str) -> String {
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    )
+}
+
+/// With `[jetstream] credentials_file` the publisher authenticates to a NATS server in operator
+/// mode by the user JWT and seed of a `.creds` file. An expired JWT, a JWT of an account the
+/// server does not know, or a file that is not a `.creds` file stops the start with an error
+/// that names the key.
+#[tokio::test]
+async fn the_publisher_authenticates_with_a_creds_file() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let nats_claims = |kind: &str, extra: serde_json::Value| {
+        let mut nats = serde_json::json!({ "type": kind, "version": 2 });
+        nats.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::json!({ "nats": nats })
+    };
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        nats_claims("operator", serde_json::json!({})),
+        None,
+    );
+    let unlimited = serde_json::json!({
+        "limits": {
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1,
+            "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+        }
+    });
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        nats_claims("account", unlimited),
+        None,
+    );
+    // JetStream in operator mode needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        nats_claims("account", serde_json::json!({})),
+        None,
+    );
+    let user_creds = |issuer: &nkeys::KeyPair, expires: Option<u64>| {
+        let user = nkeys::KeyPair::new_user();
+        let jwt = nats_jwt(
+            issuer,
+            &user.public_key(),
+            nats_claims(
+                "user",
+                serde_json::json!({ "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1 }),
+            ),
+            expires,
+        );
+        (creds(&jwt, &user.seed().unwrap()), user.public_key())
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = d.join("nats.conf");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen: "127.0.0.1:-1"
+ports_file_dir: "{dir}"
+jetstream {{ store_dir: "{dir}/js" }}
+operator: "{operator_jwt}"
+system_account: "{system}"
+resolver: MEMORY
+resolver_preload: {{ {account}: "{account_jwt}", {system}: "{system_jwt}" }}
+"#,
+            dir = d.display(),
+            account = account.public_key(),
+            system = system.public_key(),
+        ),
+    )
+    .unwrap();
+    let nats = NatsProcess::start(d, &config);
+
+    let (stream, subject) = names("creds");
+    let mut cfg = obm_gate::Config::default().jetstream;
+    cfg.url = Some(format!("nats://127.0.0.1:{}", nats.port));
+    cfg.stream = stream.clone();
+    cfg.subject = subject;
+    let with_creds = |name: &str, text: &str| {
+        let path = d.join(name);
+        std::fs::write(&path, text).unwrap();
+        let mut cfg = cfg.clone();
+        cfg.credentials_file = Some(path);
+        cfg
+    };
+    use obm_gate::jetstream::Publisher;
+    Publisher::connect(&with_creds("good.creds", &user_creds(&account, None).0))
+        .await
+        .expect("a user of the trusted account is accepted");
+
+    // The receiver itself: its log names the user, and warns of a JWT that expires soon.
+    let (soon, user) = user_creds(&account, Some(now_secs() + 2 * 86_400 + 600));
+    let soon_path = with_creds("soon.creds", &soon).credentials_file.unwrap();
+    let work = common::process::workdir();
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let receiver = common::process::Proc::start_with_env(
+        work.path(),
+        &[
+            ("OBM_GATE_JETSTREAM_URL", &url),
+            ("OBM_GATE_JETSTREAM_STREAM", &stream),
+            ("OBM_GATE_JETSTREAM_SUBJECT", &cfg.subject),
+            (
+                "OBM_GATE_JETSTREAM_CREDENTIALS_FILE",
+                soon_path.to_str().unwrap(),
+            ),
+        ],
+    );
+    let connected = format!("nkey=\"{user}\"");
+    assert!(receiver.logged(&connected), "{:?}", receiver.lines);
+    assert!(
+        receiver.logged("credentials_file expires in 2 days"),
+        "{:?}",
+        receiver.lines
+    );
+    receiver.kill();
+
+    let refused = |cfg: obm_gate::config::JetStream| async move {
+        let error = Publisher::connect(&cfg)
+            .await
+            .err()
+            .expect("the publisher is refused")
+            .to_string();
+        println!("{error}");
+        error
+    };
+    let (expired, _) = user_creds(&account, Some(1_000_000_000));
+    let error = refused(with_creds("expired.creds", &expired)).await;
+    assert!(error.contains("credentials_file"), "{error}");
+    assert!(error.contains("neither expired nor revoked"), "{error}");
+    let (stranger, _) = user_creds(&nkeys::KeyPair::new_account(), None);
+    let error = refused(with_creds("stranger.creds", &stranger)).await;
+    assert!(error.contains("an account the server trusts"), "{error}");
+    let error = refused(with_creds(
+        "seed-only.creds",
+        &expired[expired.len() - 100..],
+    ))
+    .await;
+    assert!(error.contains("it must be a NATS .creds file"), "{error}");
+    let mut missing = cfg.clone();
+    missing.credentials_file = Some(d.join("missing.creds"));
+    let error = refused(missing).await;
+    assert!(error.contains("missing.creds"), "{error}");
 }
