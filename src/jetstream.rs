@@ -159,6 +159,8 @@ pub struct Publisher {
     context: jetstream::Context,
     subject: String,
     timeout: Duration,
+    /// The `.creds` user's public NKey and when its JWT expires (Unix seconds).
+    credentials_expiry: Option<(String, u64)>,
 }
 
 impl Publisher {
@@ -238,7 +240,8 @@ impl Publisher {
             _ => None,
         };
         tracing::info!(url = %shown, tls = tls_used, nkey, "connected to NATS");
-        if let Some(expires) = creds_user.and_then(|u| u.expires) {
+        let credentials_expiry = creds_user.and_then(|u| Some((u.nkey, u.expires?)));
+        if let Some((_, expires)) = credentials_expiry {
             let at = std::time::UNIX_EPOCH + Duration::from_secs(expires);
             let left = at
                 .duration_since(std::time::SystemTime::now())
@@ -260,6 +263,7 @@ impl Publisher {
             context,
             subject: cfg.subject.clone(),
             timeout: cfg.publish_timeout,
+            credentials_expiry,
         };
         publisher.ensure_stream(cfg).await?;
         Ok(publisher)
@@ -267,6 +271,13 @@ impl Publisher {
 
     /// Connected to NATS right now (for `/readyz`: a receiver that cannot publish should not
     /// get traffic).
+    /// The `.creds` user's public NKey and when its JWT expires (Unix seconds), if it does.
+    pub fn credentials_expiry(&self) -> Option<(&str, u64)> {
+        self.credentials_expiry
+            .as_ref()
+            .map(|(nkey, at)| (nkey.as_str(), *at))
+    }
+
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }

@@ -125,6 +125,14 @@ impl Server {
             Some(_) => Some(jetstream::Publisher::connect(&config.jetstream).await?),
             None => None,
         };
+        if let Some((nkey, at)) = jetstream.as_ref().and_then(|j| j.credentials_expiry()) {
+            let labels = metrics::NatsUserLabels { nkey: nkey.into() };
+            let at = i64::try_from(at).unwrap_or(i64::MAX);
+            metrics
+                .jetstream_credentials_expiry
+                .get_or_create(&labels)
+                .set(at);
+        }
         let forwarder = match (&store, &config.forward.url) {
             (Some(store), Some(_)) => Some(forward::Forwarder::new(
                 store.clone(),

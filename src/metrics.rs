@@ -22,6 +22,12 @@ pub struct CertLabels {
     pub fingerprint: String,
 }
 
+/// The NATS user (its public NKey) of `[jetstream] credentials_file`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NatsUserLabels {
+    pub nkey: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub status: u16,
@@ -44,6 +50,9 @@ pub struct Metrics {
     pub forward_oldest_pending: Gauge,
     /// JetStream publishes by outcome: stored, duplicate.
     pub jetstream_published: Family<OutcomeLabels, Counter>,
+    /// When the user JWT of `[jetstream] credentials_file` expires (Unix seconds); no series
+    /// without one, or for a JWT that never expires.
+    pub jetstream_credentials_expiry: Family<NatsUserLabels, Gauge<i64>>,
     pub handshakes: Family<HandshakeLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub notifications_stored: Counter,
@@ -86,6 +95,7 @@ impl Metrics {
         let forward_pending_orgs = Gauge::default();
         let forward_oldest_pending = Gauge::default();
         let jetstream_published = Family::<OutcomeLabels, Counter>::default();
+        let jetstream_credentials_expiry = Family::<NatsUserLabels, Gauge<i64>>::default();
         registry.register(
             "forward_attempts",
             "Webhook delivery attempts by outcome (delivered, retry, dead)",
@@ -105,6 +115,11 @@ impl Metrics {
             "jetstream_published",
             "Notifications published to JetStream by outcome (stored, duplicate)",
             jetstream_published.clone(),
+        );
+        registry.register(
+            "jetstream_credentials_expiry_timestamp_seconds",
+            "When the NATS user JWT of [jetstream] credentials_file expires (Unix time)",
+            jetstream_credentials_expiry.clone(),
         );
         registry.register(
             "certificate_expiry_seconds",
@@ -162,6 +177,7 @@ impl Metrics {
             forward_pending_orgs,
             forward_oldest_pending,
             jetstream_published,
+            jetstream_credentials_expiry,
             handshakes,
             requests,
             notifications_stored,

@@ -630,7 +630,8 @@ fn creds(jwt: &str, seed: &str) -> String {
 }
 
 /// With `[jetstream] credentials_file` the publisher authenticates to a NATS server in operator
-/// mode by the user JWT and seed of a `.creds` file. An expired JWT, a JWT of an account the
+/// mode by the user JWT and seed of a `.creds` file; the receiver logs the user, warns of a JWT
+/// that expires soon and exports its expiry. An expired JWT, a JWT of an account the
 /// server does not know, or a file that is not a `.creds` file stops the start with an error
 /// that names the key.
 #[tokio::test]
@@ -725,7 +726,8 @@ resolver_preload: {{ {account}: "{account_jwt}", {system}: "{system_jwt}" }}
         .expect("a user of the trusted account is accepted");
 
     // The receiver itself: its log names the user, and warns of a JWT that expires soon.
-    let (soon, user) = user_creds(&account, Some(now_secs() + 2 * 86_400 + 600));
+    let expires = now_secs() + 2 * 86_400 + 600;
+    let (soon, user) = user_creds(&account, Some(expires));
     let soon_path = with_creds("soon.creds", &soon).credentials_file.unwrap();
     let work = common::process::workdir();
     let url = format!("nats://127.0.0.1:{}", nats.port);
@@ -748,6 +750,12 @@ resolver_preload: {{ {account}: "{account_jwt}", {system}: "{system_jwt}" }}
         "{:?}",
         receiver.lines
     );
+    // And /metrics has the expiry, for an alert.
+    let (status, metrics) = http_get(receiver.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    let series =
+        format!("obm_gate_jetstream_credentials_expiry_timestamp_seconds{{nkey=\"{user}\"}}");
+    assert_eq!(metric(&metrics, &series), expires as f64, "{metrics}");
     receiver.kill();
 
     let refused = |cfg: obm_gate::config::JetStream| async move { refusal(&cfg, &[]).await };
