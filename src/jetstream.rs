@@ -232,7 +232,7 @@ impl Publisher {
             .map_err(|e| fail(connect_problem(&e, &auth)))?;
         let tls_used = require_tls || client.server_info().tls_required;
         if !tls_used && !is_loopback(addr.host()) {
-            tracing::warn!(url = %shown, "NATS is reached over plain TCP: notifications cross the network unencrypted; use a tls:// URL");
+            tracing::warn!(url = %shown, "NATS is reached over plain TCP: notifications, and a password or token in the URL, cross the network unencrypted; use a tls:// URL");
         }
         let nkey = match (&auth, &creds_user) {
             (Auth::Nkey(public), _) => Some(public.as_str()),
