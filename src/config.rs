@@ -693,13 +693,7 @@ fn validate_forward(c: &Config) -> Vec<String> {
         Ok(uri) => match uri.scheme_str() {
             Some("https") => {}
             Some("http") => {
-                let host = uri.host().unwrap_or("");
-                let loopback = host == "localhost"
-                    || host
-                        .trim_matches(['[', ']'])
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback());
-                if !loopback && !f.insecure_allow_http {
+                if !is_loopback_host(uri.host().unwrap_or("")) && !f.insecure_allow_http {
                     errors.push(format!(
                         "[forward] url: {url:?} is plain HTTP to another host; use https:// \
                          or set [forward] insecure_allow_http = true"
@@ -745,6 +739,16 @@ fn validate_forward(c: &Config) -> Vec<String> {
         );
     }
     errors
+}
+
+/// `localhost` or a loopback address (IPv6 with or without brackets): traffic to it stays on
+/// the machine.
+pub fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A URL without its user information (a password, a token), for messages.
@@ -1112,6 +1116,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.jetstream.client_certificate, None);
+    }
+
+    /// Which hosts the plain-transport rules and warnings spare.
+    #[test]
+    fn loopback_hosts() {
+        for (host, loopback) in [
+            ("localhost", true),
+            ("127.0.0.1", true),
+            ("127.8.9.10", true),
+            ("[::1]", true),
+            ("::1", true),
+            ("10.0.0.1", false),
+            ("nats.internal", false),
+            ("localhost.example.com", false),
+        ] {
+            assert_eq!(is_loopback_host(host), loopback, "{host}");
+        }
     }
 
     #[test]

@@ -137,15 +137,6 @@ fn read_creds(path: &Path) -> Result<(String, Option<CredsUser>), String> {
     Ok((text, user))
 }
 
-fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 /// What JetStream did with a message's notifications.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Published {
@@ -231,7 +222,7 @@ impl Publisher {
             .await
             .map_err(|e| fail(connect_problem(&e, &auth)))?;
         let tls_used = require_tls || client.server_info().tls_required;
-        if !tls_used && !is_loopback(addr.host()) {
+        if !tls_used && !config::is_loopback_host(addr.host()) {
             tracing::warn!(url = %shown, "NATS is reached over plain TCP: notifications, and a password or token in the URL, cross the network unencrypted; use a tls:// URL");
         }
         let nkey = match (&auth, &creds_user) {
@@ -369,25 +360,5 @@ impl Publisher {
                 humantime::format_duration(self.timeout)
             ))
         })?
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// Which hosts the plain-TCP warning spares.
-    #[test]
-    fn loopback_hosts() {
-        for (host, loopback) in [
-            ("localhost", true),
-            ("127.0.0.1", true),
-            ("127.8.9.10", true),
-            ("[::1]", true),
-            ("::1", true),
-            ("10.0.0.1", false),
-            ("nats.internal", false),
-            ("localhost.example.com", false),
-        ] {
-            assert_eq!(super::is_loopback(host), loopback, "{host}");
-        }
     }
 }

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -136,9 +135,7 @@ impl Target {
             _ => None,
         };
         let local = config.get_hosts().iter().all(|h| match h {
-            Host::Tcp(name) => {
-                name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-            }
+            Host::Tcp(name) => crate::config::is_loopback_host(name),
             Host::Unix(_) => true,
         }) && config.get_hostaddrs().iter().all(|a| a.is_loopback());
         Ok(Target { url, tls, local })
