@@ -44,8 +44,13 @@ enum Auth {
 
 /// Why NATS refused the connection, with what to change where the cause is known.
 fn connect_problem(e: &async_nats::ConnectError, auth: &Auth) -> String {
-    if let Some(problem) = crate::tls::server_certificate_problem(e, "") {
-        return problem;
+    let advice = crate::tls::TlsAdvice {
+        dial: "",
+        client_certificate: "the server wants a client certificate it trusts: set [jetstream] \
+                             client_certificate and client_key to one its CA issued",
+    };
+    if let Some(message) = crate::tls::tls_failure_message(e, &advice) {
+        return message;
     }
     match e.kind() {
         async_nats::ConnectErrorKind::AuthorizationViolation => match auth {

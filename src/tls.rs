@@ -359,14 +359,21 @@ pub fn nats_tls(
     }
 }
 
+/// The parts of the advice in [`tls_failure_message`] that depend on the client's config.
+pub struct TlsAdvice<'a> {
+    /// Ends the advice for a server certificate that does not name the host.
+    pub dial: &'a str,
+    /// The advice when the server refuses this side for want of a client certificate.
+    pub client_certificate: &'a str,
+}
+
 /// When `err` is a TLS failure to a server (PostgreSQL, NATS): this side refused the server's
 /// certificate, the server refused this side's, or the server did not answer in TLS. Then the
 /// whole message for an admin: `err`, rustls's reason where `err` does not already show it, and
-/// what to change. `dial_hint` ends the advice for a certificate that does not name the host.
-/// The reason is looked for along `err`'s sources.
-pub fn server_certificate_problem(
+/// what to change. The reason is looked for along `err`'s sources.
+pub fn tls_failure_message(
     err: &(dyn std::error::Error + 'static),
-    dial_hint: &str,
+    advice: &TlsAdvice,
 ) -> Option<String> {
     let mut next = Some(err);
     while let Some(e) = next {
@@ -380,7 +387,8 @@ pub fn server_certificate_problem(
                 CertificateError::NotValidForName
                 | CertificateError::NotValidForNameContext { .. } => format!(
                     "the server's certificate does not name the URL's host: connect by a name it \
-                     holds{dial_hint}"
+                     holds{}",
+                    advice.dial
                 ),
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                     "the server's certificate has expired".to_owned()
@@ -391,11 +399,7 @@ pub fn server_certificate_problem(
                 rustls::AlertDescription::CertificateRequired
                 | rustls::AlertDescription::BadCertificate
                 | rustls::AlertDescription::UnknownCA,
-            )) => Some(
-                "the server wants a client certificate it trusts: set client_certificate and \
-                 client_key to one its CA issued"
-                    .to_owned(),
-            ),
+            )) => Some(advice.client_certificate.to_owned()),
             Some(rustls::Error::InvalidMessage(_)) => Some(
                 "the server did not answer in TLS: is TLS on there, and is this its TLS port?"
                     .to_owned(),

@@ -157,8 +157,14 @@ async fn connect(target: &Target) -> Result<Client, StoreError> {
         .await
         .map_err(|_| err(format!("no connection within {CONNECT_TIMEOUT:?}")))?
         .map_err(|e| {
-            match crate::tls::server_certificate_problem(&e, " (hostaddr= can give the address)") {
-                Some(problem) => err(problem),
+            let advice = crate::tls::TlsAdvice {
+                dial: " (hostaddr= can give the address)",
+                client_certificate: "the server wants a client certificate, and obm-gate sends \
+                                     none to PostgreSQL: let it in without one (a hostssl line \
+                                     without clientcert in pg_hba.conf)",
+            };
+            match crate::tls::tls_failure_message(&e, &advice) {
+                Some(message) => err(message),
                 None => err(e),
             }
         })
