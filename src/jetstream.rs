@@ -38,8 +38,8 @@ enum Auth {
     Url,
     /// `[jetstream] nkey_seed_file`, with the seed's public key.
     Nkey(String),
-    /// `[jetstream] credentials_file`.
-    Creds,
+    /// `[jetstream] credentials_file`, with its user where the JWT could be read.
+    Creds(Option<CredsUser>),
 }
 
 /// Why NATS refused the connection, with what to change where the cause is known.
@@ -58,7 +58,7 @@ fn connect_problem(e: &async_nats::ConnectError, auth: &Auth) -> String {
                 "{e}: NATS refused the NKey {nkey} of [jetstream] nkey_seed_file; the server's \
                  authorization needs a user with nkey: {nkey}"
             ),
-            Auth::Creds => format!(
+            Auth::Creds(_) => format!(
                 "{e}: NATS refused the user JWT of [jetstream] credentials_file: it must be \
                  issued by an account the server trusts, and be neither expired nor revoked"
             ),
@@ -168,7 +168,7 @@ impl Publisher {
             url: shown.clone(),
             detail,
         };
-        let addr: ServerAddr = url.parse().map_err(|e| fail(format!("{e}")))?;
+        let addr = url.parse::<ServerAddr>().map_err(|e| fail(e.to_string()))?;
         // TLS material means TLS: without this, a server that does not ask for TLS would get
         // plain TCP and the configured certificates would check nothing.
         let require_tls = addr.tls_required()
@@ -206,7 +206,6 @@ impl Publisher {
             options = options.nkey(seed);
             auth = Auth::Nkey(public);
         }
-        let mut creds_user = None;
         if let Some(path) = &cfg.credentials_file {
             let problem = |e: String| {
                 fail(format!(
@@ -219,8 +218,7 @@ impl Publisher {
             options = options
                 .credentials(&text)
                 .map_err(|e| problem(e.to_string()))?;
-            auth = Auth::Creds;
-            creds_user = user;
+            auth = Auth::Creds(user);
         }
         let client = options
             .connect(addr.clone())
@@ -230,13 +228,18 @@ impl Publisher {
         if !tls_used && !config::is_loopback_host(addr.host()) {
             tracing::warn!(url = %shown, "NATS is reached over plain TCP: notifications, and a password or token in the URL, cross the network unencrypted; use a tls:// URL");
         }
-        let nkey = match (&auth, &creds_user) {
-            (Auth::Nkey(public), _) => Some(public.as_str()),
-            (_, Some(user)) => Some(user.nkey.as_str()),
+        let nkey = match &auth {
+            Auth::Nkey(public) | Auth::Creds(Some(CredsUser { nkey: public, .. })) => Some(public),
             _ => None,
         };
         tracing::info!(url = %shown, tls = tls_used, nkey, "connected to NATS");
-        let credentials_expiry = creds_user.and_then(|u| Some((u.nkey, u.expires?)));
+        let credentials_expiry = match auth {
+            Auth::Creds(Some(CredsUser {
+                nkey,
+                expires: Some(at),
+            })) => Some((nkey, at)),
+            _ => None,
+        };
         if let Some((_, expires)) = credentials_expiry {
             let at = std::time::UNIX_EPOCH + Duration::from_secs(expires);
             let left = at
