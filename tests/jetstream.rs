@@ -350,6 +350,18 @@ authorization {{ users: [
         }
     }
 
+    /// The publisher's settings for this server at `url`: its CA and the client certificate.
+    fn config(&self, url: String, stream: &str, subject: &str) -> obm_gate::config::JetStream {
+        let mut j = obm_gate::Config::default().jetstream;
+        j.url = Some(url);
+        j.stream = stream.into();
+        j.subject = subject.into();
+        j.ca_certificates = vec![self.ca.clone()];
+        j.client_certificate = Some(self.client_cert.clone());
+        j.client_key = Some(self.client_key.clone());
+        j
+    }
+
     fn url(&self, password: &str) -> String {
         format!("tls://{NATS_USER}:{password}@127.0.0.1:{}", self.port)
     }
@@ -457,16 +469,7 @@ impl Drop for NatsProcess {
 async fn the_publisher_reaches_nats_over_mutual_tls_with_a_password() {
     let nats = TlsNats::start();
     let (stream, subject) = names("tls");
-    let tls_config = |url: String| {
-        let mut j = obm_gate::Config::default().jetstream;
-        j.url = Some(url);
-        j.stream = stream.clone();
-        j.subject = subject.clone();
-        j.ca_certificates = vec![nats.ca.clone()];
-        j.client_certificate = Some(nats.client_cert.clone());
-        j.client_key = Some(nats.client_key.clone());
-        j
-    };
+    let tls_config = |url: String| nats.config(url, &stream, &subject);
     let good = tls_config(nats.url(NATS_PASSWORD_IN_URL));
     let server = TestServer::start_with(|c, _| c.jetstream = good.clone()).await;
     let id = self_signed(Spec::new(Key::EcdsaP256, "nats-tls"));
@@ -552,34 +555,29 @@ fn a_broken_system_ca_bundle_is_named_at_start() {
 async fn the_publisher_authenticates_with_an_nkey() {
     use obm_gate::jetstream::Publisher;
     let nats = TlsNats::start();
-    let mut config = obm_gate::Config::default().jetstream;
-    config.url = Some(format!("tls://127.0.0.1:{}", nats.port));
-    config.ca_certificates = vec![nats.ca.clone()];
-    config.client_certificate = Some(nats.client_cert.clone());
-    config.client_key = Some(nats.client_key.clone());
     let (stream, subject) = names("nkey");
-    config.stream = stream.clone();
-    config.subject = subject;
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    let mut config = nats.config(url, &stream, &subject);
     config.nkey_seed_file = Some(nats.nkey_seed.clone());
     Publisher::connect(&config)
         .await
         .expect("the registered NKey is accepted");
 
     let dir = tempfile::tempdir().unwrap();
-    let refused = |seed: String| {
+    let refused = |name: &str, seed: String| {
         let mut config = config.clone();
-        let path = dir.path().join(format!("{}.nk", seed.len()));
+        let path = dir.path().join(name);
         std::fs::write(&path, &seed).unwrap();
         config.nkey_seed_file = Some(path);
         async move { refusal(&config, &[seed.trim()]).await }
     };
     let stranger = nkeys::KeyPair::new_user();
-    let error = refused(stranger.seed().unwrap()).await;
+    let error = refused("stranger.nk", stranger.seed().unwrap()).await;
     assert!(error.contains(&stranger.public_key()), "{error}");
     assert!(error.contains("needs a user with nkey"), "{error}");
-    let error = refused(nkeys::KeyPair::new_account().seed().unwrap()).await;
+    let error = refused("account.nk", nkeys::KeyPair::new_account().seed().unwrap()).await;
     assert!(error.contains("of kind Account, not User"), "{error}");
-    let error = refused("-----BEGIN NATS USER JWT-----".into()).await;
+    let error = refused("jwt.nk", "-----BEGIN NATS USER JWT-----".into()).await;
     assert!(error.contains("must hold one NKey user seed"), "{error}");
     nats.context().await.delete_stream(&stream).await.unwrap();
 }
