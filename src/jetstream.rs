@@ -7,7 +7,7 @@
 //! are sent back to back, then every PubAck is awaited; the request is acknowledged only when
 //! all arrived. The stream is created at start if missing, or checked if present.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::ServerAddr;
@@ -38,8 +38,8 @@ enum Auth {
     Url,
     /// `[jetstream] nkey_seed_file`, with the seed's public key.
     Nkey(String),
-    /// `[jetstream] credentials_file`, with its user where the JWT could be read.
-    Creds(Option<CredsUser>),
+    /// `[jetstream] credentials_file`, with its user's public key.
+    Creds(String),
 }
 
 /// Why NATS refused the connection, with what to change where the cause is known.
@@ -84,62 +84,149 @@ fn connect_problem(e: &async_nats::ConnectError, auth: &Auth) -> String {
     }
 }
 
-/// The NKey user seed in `path`, and its public key.
-fn read_nkey_seed(path: &Path) -> Result<(String, String), String> {
-    let problem = |detail: String| {
-        format!(
-            "[jetstream] nkey_seed_file {}: {detail}; it must hold one NKey user seed (SU…), as \
-             `nk -gen user` or nsc writes it",
-            path.display()
-        )
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
-    let seed = text.trim();
-    let pair = nkeys::KeyPair::from_seed(seed).map_err(|e| problem(e.to_string()))?;
-    if pair.key_pair_type() != nkeys::KeyPairType::User {
-        return Err(problem(format!(
-            "this seed is of kind {:?}, not User",
-            pair.key_pair_type()
-        )));
-    }
-    Ok((seed.to_owned(), pair.public_key()))
+/// Which kind of file `[jetstream]` names for NKey authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CredentialKind {
+    /// `nkey_seed_file`: one user seed.
+    Seed,
+    /// `credentials_file`: a `.creds` file, a user JWT and its seed.
+    Creds,
 }
 
-/// A `.creds` user JWT expiring sooner than this is logged as a warning at start.
-const CREDS_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// The user of a `.creds` file, as its JWT says: the public NKey and the expiry (Unix seconds).
-struct CredsUser {
-    nkey: String,
-    expires: Option<u64>,
+/// `[jetstream] nkey_seed_file` or `credentials_file`. It is read at start, again at every
+/// connect (so a renewed file is used from the next reconnect on, without a restart), and
+/// whenever the receiver reloads ([`crate::reload`]: a change to the file, SIGHUP, daily).
+#[derive(Debug, Clone)]
+pub struct CredentialFile {
+    path: PathBuf,
+    kind: CredentialKind,
 }
 
-/// The text of the `.creds` file at `path`, and its user where the JWT can be read (async-nats
-/// checks the file; this is for the log).
-fn read_creds(path: &Path) -> Result<(String, Option<CredsUser>), String> {
-    use base64::Engine;
-    #[derive(serde::Deserialize)]
-    struct Claims {
-        sub: String,
-        exp: Option<u64>,
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let user = text
-        .lines()
-        .skip_while(|l| !l.contains("BEGIN NATS USER JWT"))
-        .nth(1)
-        .and_then(|jwt| jwt.trim().split('.').nth(1))
-        .and_then(|claims| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(claims.trim_end_matches('='))
-                .ok()
+/// What one read of a [`CredentialFile`] gave.
+pub struct Credential {
+    pair: nkeys::KeyPair,
+    /// The user JWT, of a `.creds` file.
+    jwt: Option<String>,
+    /// The user's public NKey, as NATS knows it.
+    pub nkey: String,
+    /// When the user JWT expires (Unix seconds); `None` for a seed, or a JWT that never does.
+    pub expires: Option<u64>,
+}
+
+impl CredentialFile {
+    fn from_config(cfg: &config::JetStream) -> Option<CredentialFile> {
+        let (path, kind) = match (&cfg.nkey_seed_file, &cfg.credentials_file) {
+            (Some(path), _) => (path, CredentialKind::Seed),
+            (None, Some(path)) => (path, CredentialKind::Creds),
+            (None, None) => return None,
+        };
+        Some(CredentialFile {
+            path: path.clone(),
+            kind,
         })
-        .and_then(|json| serde_json::from_slice::<Claims>(&json).ok())
-        .map(|c| CredsUser {
-            nkey: c.sub,
-            expires: c.exp,
-        });
-    Ok((text, user))
+    }
+
+    /// The config key and file, for messages: `[jetstream] credentials_file /run/nats.creds`.
+    pub fn describe(&self) -> String {
+        let key = match self.kind {
+            CredentialKind::Seed => "nkey_seed_file",
+            CredentialKind::Creds => "credentials_file",
+        };
+        format!("[jetstream] {key} {}", self.path.display())
+    }
+
+    /// Reads and checks the file. The error names the key and the file, never the secret.
+    pub fn read(&self) -> Result<Credential, String> {
+        let hint = match self.kind {
+            CredentialKind::Seed => {
+                "it must hold one NKey user seed (SU…), as `nk -gen user` or nsc writes it"
+            }
+            CredentialKind::Creds => {
+                "it must be a NATS .creds file (a user JWT and its NKey seed), as nsc or Synadia \
+                 Cloud makes it"
+            }
+        };
+        let problem =
+            |detail: &dyn std::fmt::Display| format!("{}: {detail}; {hint}", self.describe());
+        let text = std::fs::read_to_string(&self.path).map_err(|e| problem(&e))?;
+        let (seed, jwt) = match self.kind {
+            CredentialKind::Seed => (text.trim(), None),
+            CredentialKind::Creds => {
+                let jwt = decorated(&text, "BEGIN NATS USER JWT")
+                    .ok_or_else(|| problem(&"no user JWT (BEGIN NATS USER JWT) in it"))?;
+                let seed = decorated(&text, "BEGIN USER NKEY SEED")
+                    .ok_or_else(|| problem(&"no NKey seed (BEGIN USER NKEY SEED) in it"))?;
+                (seed, Some(jwt))
+            }
+        };
+        let pair = nkeys::KeyPair::from_seed(seed).map_err(|e| problem(&e))?;
+        if pair.key_pair_type() != nkeys::KeyPairType::User {
+            return Err(problem(&format_args!(
+                "its seed is of kind {:?}, not User",
+                pair.key_pair_type()
+            )));
+        }
+        let nkey = pair.public_key();
+        let expires = match jwt {
+            Some(jwt) => {
+                let claims =
+                    jwt_claims(jwt).ok_or_else(|| problem(&"its user JWT cannot be read"))?;
+                if claims.sub != nkey {
+                    return Err(problem(&format_args!(
+                        "its user JWT is for {}, but its seed is of {nkey}",
+                        claims.sub
+                    )));
+                }
+                claims.exp
+            }
+            None => None,
+        };
+        Ok(Credential {
+            pair,
+            jwt: jwt.map(str::to_owned),
+            nkey,
+            expires,
+        })
+    }
+
+    /// The answer to NATS's challenge, from a fresh read of the file.
+    fn authenticate(&self, nonce: &[u8]) -> Result<async_nats::Auth, async_nats::AuthError> {
+        let credential = self.read().map_err(async_nats::AuthError::new)?;
+        let signature = credential
+            .pair
+            .sign(nonce)
+            .map_err(async_nats::AuthError::new)?;
+        let mut auth = async_nats::Auth::new();
+        match credential.jwt {
+            Some(jwt) => auth.jwt = Some(jwt),
+            None => auth.nkey = Some(credential.nkey),
+        }
+        auth.signature = Some(signature);
+        Ok(auth)
+    }
+}
+
+/// The line after `begin`'s line in a `.creds` file, as nsc decorates a JWT or a seed.
+fn decorated<'a>(text: &'a str, begin: &str) -> Option<&'a str> {
+    let mut lines = text.lines();
+    lines.find(|l| l.contains(begin))?;
+    lines.map(str::trim).find(|l| !l.is_empty())
+}
+
+#[derive(serde::Deserialize)]
+struct Claims {
+    sub: String,
+    exp: Option<u64>,
+}
+
+/// A JWT's claims, decoded, not verified: NATS verifies them.
+fn jwt_claims(jwt: &str) -> Option<Claims> {
+    use base64::Engine;
+    let claims = jwt.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&json).ok()
 }
 
 /// What JetStream did with a message's notifications.
@@ -155,8 +242,8 @@ pub struct Publisher {
     context: jetstream::Context,
     subject: String,
     timeout: Duration,
-    /// The `.creds` user's public NKey and when its JWT expires (Unix seconds).
-    credentials_expiry: Option<(String, u64)>,
+    /// `[jetstream] nkey_seed_file` or `credentials_file`, if set.
+    credentials: Option<CredentialFile>,
 }
 
 impl Publisher {
@@ -181,7 +268,26 @@ impl Publisher {
         // Also used when a nats:// server asks for TLS itself.
         let tls = crate::tls::nats_tls(&cfg.ca_certificates, client_identity)
             .map_err(|e| fail(format!("[jetstream] TLS: {e}")))?;
-        let mut options = async_nats::ConnectOptions::new()
+        // An NKey seed or `.creds` file is read again at every connect, so a renewed one is
+        // used from the next reconnect on.
+        let credentials = CredentialFile::from_config(cfg);
+        let (options, auth) = match &credentials {
+            Some(file) => {
+                let credential = file.read().map_err(fail)?;
+                let auth = match file.kind {
+                    CredentialKind::Seed => Auth::Nkey(credential.nkey),
+                    CredentialKind::Creds => Auth::Creds(credential.nkey),
+                };
+                let file = file.clone();
+                let options = async_nats::ConnectOptions::with_auth_callback(move |nonce| {
+                    let file = file.clone();
+                    async move { file.authenticate(&nonce) }
+                });
+                (options, auth)
+            }
+            None => (async_nats::ConnectOptions::new(), Auth::Url),
+        };
+        let mut options = options
             .name("obm-gate")
             .connection_timeout(CONNECT_TIMEOUT)
             // Back within 2 s of NATS returning (the default backoff grows to several seconds).
@@ -191,7 +297,8 @@ impl Publisher {
             })
             .require_tls(require_tls)
             .tls_client_config(tls);
-        // async-nats reads no credentials from the URL itself.
+        // async-nats reads no credentials from the URL itself. (Config validation allows no
+        // credentials in the URL beside a credential file, whose callback would override them.)
         let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
         match (addr.username(), addr.password()) {
             (Some(user), Some(password)) => {
@@ -199,26 +306,6 @@ impl Publisher {
             }
             (Some(token), None) => options = options.token(decode(token)),
             _ => {}
-        }
-        let mut auth = Auth::Url;
-        if let Some(path) = &cfg.nkey_seed_file {
-            let (seed, public) = read_nkey_seed(path).map_err(fail)?;
-            options = options.nkey(seed);
-            auth = Auth::Nkey(public);
-        }
-        if let Some(path) = &cfg.credentials_file {
-            let problem = |e: String| {
-                fail(format!(
-                    "[jetstream] credentials_file {}: {e}; it must be a NATS .creds file (a user \
-                     JWT and its NKey seed), as nsc or Synadia Cloud makes it",
-                    path.display()
-                ))
-            };
-            let (text, user) = read_creds(path).map_err(problem)?;
-            options = options
-                .credentials(&text)
-                .map_err(|e| problem(e.to_string()))?;
-            auth = Auth::Creds(user);
         }
         let client = options
             .connect(addr.clone())
@@ -229,29 +316,10 @@ impl Publisher {
             tracing::warn!(url = %shown, "NATS is reached over plain TCP: notifications, and a password or token in the URL, cross the network unencrypted; use a tls:// URL");
         }
         let nkey = match &auth {
-            Auth::Nkey(public) | Auth::Creds(Some(CredsUser { nkey: public, .. })) => Some(public),
-            _ => None,
+            Auth::Nkey(public) | Auth::Creds(public) => Some(public),
+            Auth::Url => None,
         };
         tracing::info!(url = %shown, tls = tls_used, nkey, "connected to NATS");
-        let credentials_expiry = match auth {
-            Auth::Creds(Some(CredsUser {
-                nkey,
-                expires: Some(at),
-            })) => Some((nkey, at)),
-            _ => None,
-        };
-        if let Some((_, expires)) = credentials_expiry {
-            let at = std::time::UNIX_EPOCH + Duration::from_secs(expires);
-            let left = at
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            let at = humantime::format_rfc3339_seconds(at);
-            if left < CREDS_EXPIRY_WARNING {
-                tracing::warn!(expires = %at, "the NATS user JWT of [jetstream] credentials_file expires in {} days: renew the .creds file before, or publishing stops", left.as_secs() / 86_400);
-            } else {
-                tracing::info!(expires = %at, "the NATS user JWT of [jetstream] credentials_file");
-            }
-        }
         let context = jetstream::ContextBuilder::new()
             .timeout(cfg.publish_timeout)
             .max_ack_inflight(16_384)
@@ -262,7 +330,7 @@ impl Publisher {
             context,
             subject: cfg.subject.clone(),
             timeout: cfg.publish_timeout,
-            credentials_expiry,
+            credentials,
         };
         publisher.ensure_stream(cfg).await?;
         Ok(publisher)
@@ -270,13 +338,13 @@ impl Publisher {
 
     /// Connected to NATS right now (for `/readyz`: a receiver that cannot publish should not
     /// get traffic).
-    /// The `.creds` user's public NKey and when its JWT expires (Unix seconds), if it does.
-    pub fn credentials_expiry(&self) -> Option<(&str, u64)> {
-        self.credentials_expiry
-            .as_ref()
-            .map(|(nkey, at)| (nkey.as_str(), *at))
+    /// The NKey seed or `.creds` file the next connect will read, if one is configured.
+    pub fn credential_file(&self) -> Option<&CredentialFile> {
+        self.credentials.as_ref()
     }
 
+    /// Connected to NATS right now (for `/readyz`: a receiver that cannot publish should not
+    /// get traffic).
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }

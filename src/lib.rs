@@ -101,7 +101,7 @@ impl Server {
         // Watch first, then read: a change made after the first read is always seen. A
         // directory that cannot be read stops the start before the watch would log about it.
         registry::check_directory(&config.registry.directory)?;
-        let watch = reload::Watch::start(&config.registry.directory, &config.tls);
+        let watch = reload::Watch::start(&config);
         let registry = Arc::new(registry::Registry::open(&config.registry.directory)?);
         let tls_config = tls::server_config(
             registry.clone(),
@@ -125,14 +125,6 @@ impl Server {
             Some(_) => Some(jetstream::Publisher::connect(&config.jetstream).await?),
             None => None,
         };
-        if let Some((nkey, at)) = jetstream.as_ref().and_then(|j| j.credentials_expiry()) {
-            let labels = metrics::NatsUserLabels { nkey: nkey.into() };
-            let at = i64::try_from(at).unwrap_or(i64::MAX);
-            metrics
-                .jetstream_credentials_expiry
-                .get_or_create(&labels)
-                .set(at);
-        }
         let forwarder = match (&store, &config.forward.url) {
             (Some(store), Some(_)) => Some(forward::Forwarder::new(
                 store.clone(),

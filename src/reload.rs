@@ -1,10 +1,13 @@
 //! Hot reload, without a restart and without dropping connections.
 //!
-//! The registry directory and the directories of the server certificate and key are watched
-//! (inotify, through `notify`); SIGHUP forces a reload too. A reload builds a whole new registry
-//! snapshot and swaps it in; connections already established keep running, and the request path
-//! checks every request against the new snapshot. A server certificate that fails to load leaves
-//! the previous one in place. Certificates close to expiry are logged at start and daily.
+//! The registry directory and the directories of the server certificate and key, and of the
+//! NATS credential file, are watched (inotify, through `notify`); SIGHUP forces a reload too. A
+//! reload builds a whole new registry snapshot and swaps it in; connections already established
+//! keep running, and the request path checks every request against the new snapshot. A server
+//! certificate that fails to load leaves the previous one in place. The NATS credential file is
+//! read again at every connect to NATS; a reload only checks it, so that a file the next connect
+//! could not use is logged at once, and exports its JWT's expiry. Certificates and the NATS JWT
+//! close to expiry are logged at start and daily.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,10 +34,18 @@ pub struct Watch {
 }
 
 impl Watch {
-    pub fn start(registry_dir: &Path, tls: &crate::config::Tls) -> Watch {
+    pub fn start(config: &crate::Config) -> Watch {
         let (tx, events) = mpsc::unbounded_channel();
+        let tls = &config.tls;
+        let js = &config.jetstream;
+        let files: Vec<&Path> = [&tls.certificate, &tls.private_key]
+            .into_iter()
+            .chain(js.nkey_seed_file.as_ref())
+            .chain(js.credentials_file.as_ref())
+            .map(PathBuf::as_path)
+            .collect();
         Watch {
-            _watcher: watcher(registry_dir, tls, tx),
+            _watcher: watcher(&config.registry.directory, &files, tx),
             events,
         }
     }
@@ -56,7 +67,10 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = expiry.tick() => log_expiring(&state),
+            _ = expiry.tick() => {
+                log_expiring(&state);
+                check_nats_credentials(&state);
+            }
             Some(()) = rx.recv() => {
                 // Let the burst finish, then read once.
                 while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
@@ -67,8 +81,9 @@ pub async fn run(
     }
 }
 
-/// Re-reads the registry and the server certificate.
+/// Re-reads the registry, the server certificate and the NATS credential file.
 pub fn reload(state: &AppState, server_cert: &ServerCert, why: &str) {
+    check_nats_credentials(state);
     match state.registry.reload() {
         Ok(s) => tracing::info!(trigger = why, certificates = s.len(), "registry reloaded"),
         Err(e) => {
@@ -88,7 +103,7 @@ pub fn reload(state: &AppState, server_cert: &ServerCert, why: &str) {
 
 fn watcher(
     registry_dir: &Path,
-    tls: &crate::config::Tls,
+    files: &[&Path],
     tx: mpsc::UnboundedSender<()>,
 ) -> Option<notify::RecommendedWatcher> {
     let handler = move |event: notify::Result<notify::Event>| {
@@ -108,7 +123,7 @@ fn watcher(
     };
     let mut dirs: Vec<(PathBuf, RecursiveMode)> =
         vec![(registry_dir.to_owned(), RecursiveMode::Recursive)];
-    for file in [&tls.certificate, &tls.private_key] {
+    for file in files {
         let dir = parent_dir(file);
         if !dirs.iter().any(|(d, _)| *d == dir) {
             dirs.push((dir, RecursiveMode::NonRecursive));
@@ -129,6 +144,60 @@ fn parent_dir(file: &Path) -> PathBuf {
     match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
+    }
+}
+
+/// A NATS user JWT expiring sooner than this is logged as a warning.
+const NATS_JWT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// Reads `[jetstream] nkey_seed_file` or `credentials_file` as the next connect to NATS will:
+/// logs a file that connect could not use, and a user JWT that expires within 30 days (an error
+/// once it has), and exports the JWT's expiry. A file that cannot be read leaves the exported
+/// expiry as it was: it still describes the connection in use.
+pub fn check_nats_credentials(state: &AppState) {
+    let Some(file) = state.jetstream.as_ref().and_then(|j| j.credential_file()) else {
+        return;
+    };
+    let credential = match file.read() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "the next connect to NATS cannot authenticate: fix the file; the connection in use goes on until NATS drops it");
+            return;
+        }
+    };
+    let gauge = &state.metrics.jetstream_credentials_expiry;
+    gauge.clear();
+    let Some(expires) = credential.expires else {
+        return;
+    };
+    let labels = crate::metrics::NatsUserLabels {
+        nkey: credential.nkey.clone(),
+    };
+    gauge
+        .get_or_create(&labels)
+        .set(i64::try_from(expires).unwrap_or(i64::MAX));
+    let at = UNIX_EPOCH + Duration::from_secs(expires);
+    let stamp = humantime::format_rfc3339_seconds(at);
+    match at.duration_since(SystemTime::now()) {
+        Err(_) => tracing::error!(
+            nkey = %credential.nkey,
+            expires = %stamp,
+            "the NATS user JWT of {} has expired: NATS refuses it; renew the file (it is read again at each connect)",
+            file.describe()
+        ),
+        Ok(left) if left < NATS_JWT_EXPIRY_WARNING => tracing::warn!(
+            nkey = %credential.nkey,
+            expires = %stamp,
+            "the NATS user JWT of {} expires in {} days: renew the file before, or publishing stops (it is read again at each connect)",
+            file.describe(),
+            left.as_secs() / 86_400
+        ),
+        Ok(_) => tracing::info!(
+            nkey = %credential.nkey,
+            expires = %stamp,
+            "the NATS user JWT of {}",
+            file.describe()
+        ),
     }
 }
 

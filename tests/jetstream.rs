@@ -627,6 +627,130 @@ fn creds(jwt: &str, seed: &str) -> String {
     )
 }
 
+/// A NATS JWT's `nats` claims: `type` and `version`, and `extra`.
+fn nats_claims(kind: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut nats = serde_json::json!({ "type": kind, "version": 2 });
+    nats.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    serde_json::json!({ "nats": nats })
+}
+
+/// A `nats-server` of the test's own in operator mode, trusting one account (and the system
+/// account JetStream needs there). Killed when dropped.
+struct OperatorNats {
+    process: NatsProcess,
+    account: nkeys::KeyPair,
+    dir: tempfile::TempDir,
+}
+
+impl OperatorNats {
+    fn start() -> OperatorNats {
+        let operator = nkeys::KeyPair::new_operator();
+        let account = nkeys::KeyPair::new_account();
+        let operator_jwt = nats_jwt(
+            &operator,
+            &operator.public_key(),
+            nats_claims("operator", serde_json::json!({})),
+            None,
+        );
+        let unlimited = serde_json::json!({
+            "limits": {
+                "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                "wildcards": true, "conn": -1, "leaf": -1,
+                "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+            }
+        });
+        let account_jwt = nats_jwt(
+            &operator,
+            &account.public_key(),
+            nats_claims("account", unlimited),
+            None,
+        );
+        let system = nkeys::KeyPair::new_account();
+        let system_jwt = nats_jwt(
+            &operator,
+            &system.public_key(),
+            nats_claims("account", serde_json::json!({})),
+            None,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let config = d.join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"listen: "127.0.0.1:-1"
+ports_file_dir: "{dir}"
+debug: true
+jetstream {{ store_dir: "{dir}/js" }}
+operator: "{operator_jwt}"
+system_account: "{system}"
+resolver: MEMORY
+resolver_preload: {{ {account}: "{account_jwt}", {system}: "{system_jwt}" }}
+"#,
+                dir = d.display(),
+                account = account.public_key(),
+                system = system.public_key(),
+            ),
+        )
+        .unwrap();
+        let process = NatsProcess::start(d, &config);
+        OperatorNats {
+            process,
+            account,
+            dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.process.port)
+    }
+
+    /// The publisher's settings for this server and a stream of its own.
+    fn config(&self, stream: &str, subject: &str) -> obm_gate::config::JetStream {
+        let mut cfg = obm_gate::Config::default().jetstream;
+        cfg.url = Some(self.url());
+        cfg.stream = stream.into();
+        cfg.subject = subject.into();
+        cfg
+    }
+
+    /// Writes `text` to the file `name` in the server's directory, and returns its path.
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A context of the trusted account, for checking the stream.
+    async fn context(&self) -> jetstream::Context {
+        let user = nkeys::KeyPair::new_user();
+        let creds = user_creds(&self.account, &user, None);
+        let client = async_nats::ConnectOptions::new()
+            .credentials(&creds)
+            .unwrap()
+            .connect(self.url())
+            .await
+            .unwrap();
+        jetstream::new(client)
+    }
+}
+
+/// The `.creds` text of `user`, issued by `issuer`, expiring at `expires` (Unix seconds).
+fn user_creds(issuer: &nkeys::KeyPair, user: &nkeys::KeyPair, expires: Option<u64>) -> String {
+    let jwt = nats_jwt(
+        issuer,
+        &user.public_key(),
+        nats_claims(
+            "user",
+            serde_json::json!({ "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1 }),
+        ),
+        expires,
+    );
+    creds(&jwt, &user.seed().unwrap())
+}
+
 /// With `[jetstream] credentials_file` the publisher authenticates to a NATS server in operator
 /// mode by the user JWT and seed of a `.creds` file; the receiver logs the user, warns of a JWT
 /// that expires soon and exports its expiry. An expired JWT, a JWT of an account the
@@ -634,101 +758,30 @@ fn creds(jwt: &str, seed: &str) -> String {
 /// that names the key.
 #[tokio::test]
 async fn the_publisher_authenticates_with_a_creds_file() {
-    let operator = nkeys::KeyPair::new_operator();
-    let account = nkeys::KeyPair::new_account();
-    let nats_claims = |kind: &str, extra: serde_json::Value| {
-        let mut nats = serde_json::json!({ "type": kind, "version": 2 });
-        nats.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        serde_json::json!({ "nats": nats })
-    };
-    let operator_jwt = nats_jwt(
-        &operator,
-        &operator.public_key(),
-        nats_claims("operator", serde_json::json!({})),
-        None,
-    );
-    let unlimited = serde_json::json!({
-        "limits": {
-            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
-            "wildcards": true, "conn": -1, "leaf": -1,
-            "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
-        }
-    });
-    let account_jwt = nats_jwt(
-        &operator,
-        &account.public_key(),
-        nats_claims("account", unlimited),
-        None,
-    );
-    // JetStream in operator mode needs a system account.
-    let system = nkeys::KeyPair::new_account();
-    let system_jwt = nats_jwt(
-        &operator,
-        &system.public_key(),
-        nats_claims("account", serde_json::json!({})),
-        None,
-    );
+    let nats = OperatorNats::start();
+    let account = &nats.account;
     let user_creds = |issuer: &nkeys::KeyPair, expires: Option<u64>| {
         let user = nkeys::KeyPair::new_user();
-        let jwt = nats_jwt(
-            issuer,
-            &user.public_key(),
-            nats_claims(
-                "user",
-                serde_json::json!({ "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1 }),
-            ),
-            expires,
-        );
-        (creds(&jwt, &user.seed().unwrap()), user.public_key())
+        (user_creds(issuer, &user, expires), user.public_key())
     };
-
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let config = d.join("nats.conf");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen: "127.0.0.1:-1"
-ports_file_dir: "{dir}"
-jetstream {{ store_dir: "{dir}/js" }}
-operator: "{operator_jwt}"
-system_account: "{system}"
-resolver: MEMORY
-resolver_preload: {{ {account}: "{account_jwt}", {system}: "{system_jwt}" }}
-"#,
-            dir = d.display(),
-            account = account.public_key(),
-            system = system.public_key(),
-        ),
-    )
-    .unwrap();
-    let nats = NatsProcess::start(d, &config);
-
     let (stream, subject) = names("creds");
-    let mut cfg = obm_gate::Config::default().jetstream;
-    cfg.url = Some(format!("nats://127.0.0.1:{}", nats.port));
-    cfg.stream = stream.clone();
-    cfg.subject = subject;
+    let cfg = nats.config(&stream, &subject);
     let with_creds = |name: &str, text: &str| {
-        let path = d.join(name);
-        std::fs::write(&path, text).unwrap();
         let mut cfg = cfg.clone();
-        cfg.credentials_file = Some(path);
+        cfg.credentials_file = Some(nats.write(name, text));
         cfg
     };
     use obm_gate::jetstream::Publisher;
-    Publisher::connect(&with_creds("good.creds", &user_creds(&account, None).0))
+    Publisher::connect(&with_creds("good.creds", &user_creds(account, None).0))
         .await
         .expect("a user of the trusted account is accepted");
 
     // The receiver itself: its log names the user, and warns of a JWT that expires soon.
     let expires = now_secs() + 2 * 86_400 + 600;
-    let (soon, user) = user_creds(&account, Some(expires));
+    let (soon, user) = user_creds(account, Some(expires));
     let soon_path = with_creds("soon.creds", &soon).credentials_file.unwrap();
     let work = common::process::workdir();
-    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let url = nats.url();
     let receiver = common::process::Proc::start_with_env(
         work.path(),
         &[
@@ -743,11 +796,11 @@ resolver_preload: {{ {account}: "{account_jwt}", {system}: "{system_jwt}" }}
     );
     let connected = format!("nkey=\"{user}\"");
     assert!(receiver.logged(&connected), "{:?}", receiver.lines);
-    assert!(
-        receiver.logged("credentials_file expires in 2 days"),
-        "{:?}",
-        receiver.lines
-    );
+    let warning = format!("credentials_file {} expires in 2 days", soon_path.display());
+    eventually("the expiry warning", Duration::from_secs(10), || {
+        receiver.logged(&warning)
+    })
+    .await;
     // And /metrics has the expiry, for an alert.
     let (status, metrics) = http_get(receiver.admin, "/metrics").await;
     assert_eq!(status, 200);
@@ -757,7 +810,7 @@ resolver_preload: {{ {account}: "{account_jwt}", {system}: "{system_jwt}" }}
     receiver.kill();
 
     let refused = |cfg: obm_gate::config::JetStream| async move { refusal(&cfg, &[]).await };
-    let (expired, _) = user_creds(&account, Some(1_000_000_000));
+    let (expired, _) = user_creds(account, Some(1_000_000_000));
     let error = refused(with_creds("expired.creds", &expired)).await;
     assert!(error.contains("credentials_file"), "{error}");
     assert!(error.contains("neither expired nor revoked"), "{error}");
@@ -770,8 +823,86 @@ resolver_preload: {{ {account}: "{account_jwt}", {system}: "{system_jwt}" }}
     ))
     .await;
     assert!(error.contains("it must be a NATS .creds file"), "{error}");
+    assert!(error.contains("no user JWT"), "{error}");
+    // A JWT and a seed of two different users.
+    let (other, other_user) = user_creds(account, None);
+    let seed_start = other.find("-----BEGIN USER NKEY SEED").unwrap();
+    let mixed = format!(
+        "{}{}",
+        &expired[..expired.find("\n\n").unwrap()],
+        &other[seed_start - 2..]
+    );
+    let error = refused(with_creds("mixed.creds", &mixed)).await;
+    assert!(
+        error.contains(&format!("but its seed is of {other_user}")),
+        "{error}"
+    );
     let mut missing = cfg.clone();
-    missing.credentials_file = Some(d.join("missing.creds"));
+    missing.credentials_file = Some(nats.dir.path().join("missing.creds"));
     let error = refused(missing).await;
     assert!(error.contains("missing.creds"), "{error}");
+}
+
+/// The `.creds` file is read again at every connect: when the user JWT in use expires and NATS
+/// drops the connection, the publisher reconnects with the renewed file, without a restart. A
+/// change to the file also updates the exported expiry at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_creds_file_is_used_from_the_next_connect() {
+    let nats = OperatorNats::start();
+    let (stream, subject) = names("renew");
+    let user = nkeys::KeyPair::new_user();
+    // Long enough to start and publish once; NATS drops the connection when it expires.
+    let first_expiry = now_secs() + 4;
+    let creds_path = nats.write(
+        "user.creds",
+        &user_creds(&nats.account, &user, Some(first_expiry)),
+    );
+    let mut cfg = nats.config(&stream, &subject);
+    cfg.credentials_file = Some(creds_path.clone());
+    let server = TestServer::start_with(|c, _| c.jetstream = cfg.clone()).await;
+    let id = self_signed(Spec::new(Key::EcdsaP256, "renew"));
+    server.register(ORG_A, "renew", &id);
+    let client = server.client(Some(&id));
+    client.ack(ORG_A, &[nid(1)]).await;
+
+    // The renewal, as a secrets manager writes it: a new file moved into place.
+    let renewed_expiry = now_secs() + 3_600;
+    let renewed = nats.write(
+        "user.creds.new",
+        &user_creds(&nats.account, &user, Some(renewed_expiry)),
+    );
+    std::fs::rename(&renewed, &creds_path).unwrap();
+    let series = format!(
+        "obm_gate_jetstream_credentials_expiry_timestamp_seconds{{nkey=\"{}\"}}",
+        user.public_key()
+    );
+    let state = server.state.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = admin_get(&state, "/metrics").await;
+        if metrics.contains(&series) && metric(&metrics, &series) == renewed_expiry as f64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the expiry stays old: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Past the first JWT's expiry NATS has dropped the connection that used it.
+    let log = nats.dir.path().join("nats.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("Expired")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "NATS did not drop the expired user: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    post_until_ack(&client, &message(ORG_A, &[nid(2)])).await;
+    server.stop().await;
+    let contents = stream_contents(&nats.context().await, &stream).await;
+    assert_eq!(contents.len(), 2, "{contents:?}");
 }
