@@ -807,6 +807,14 @@ async fn the_publisher_authenticates_with_a_creds_file() {
     let series =
         format!("obm_gate_jetstream_credentials_expiry_timestamp_seconds{{nkey=\"{user}\"}}");
     assert_eq!(metric(&metrics, &series), expires as f64, "{metrics}");
+    // A broken renewal is logged at once, not at the next connect; the metric stays.
+    std::fs::write(&soon_path, &soon[..soon.len() / 2]).unwrap();
+    eventually("the broken file's error", Duration::from_secs(10), || {
+        receiver.logged("the next connect to NATS cannot authenticate")
+    })
+    .await;
+    let (_, metrics) = http_get(receiver.admin, "/metrics").await;
+    assert_eq!(metric(&metrics, &series), expires as f64, "{metrics}");
     receiver.kill();
 
     let refused = |cfg: obm_gate::config::JetStream| async move { refusal(&cfg, &[]).await };
