@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where the shipped configuration lives.
@@ -741,6 +741,40 @@ fn validate_forward(c: &Config) -> Vec<String> {
     errors
 }
 
+impl Config {
+    /// The secret files this configuration names, each with its key: the server's private key,
+    /// and NATS's client key, NKey seed and `.creds` file where set.
+    pub fn secret_files(&self) -> Vec<(&'static str, &Path)> {
+        let js = &self.jetstream;
+        [
+            ("[tls] private_key", Some(&self.tls.private_key)),
+            ("[jetstream] client_key", js.client_key.as_ref()),
+            ("[jetstream] nkey_seed_file", js.nkey_seed_file.as_ref()),
+            ("[jetstream] credentials_file", js.credentials_file.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(key, path)| Some((key, path?.as_path())))
+        .collect()
+    }
+}
+
+/// The mode of `path` (after symlinks), when every user may read or change it, or its group may
+/// change it: what a secret file should not allow. Group read is allowed, as for keys kept
+/// `root:ssl-cert 0640`. `None` when it is private enough, or cannot be read.
+pub fn loose_permissions(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o027 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// `localhost` or a loopback address (IPv6 with or without brackets): traffic to it stays on
 /// the machine.
 pub fn is_loopback_host(host: &str) -> bool {
@@ -1148,6 +1182,29 @@ mod tests {
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn secret_files_readable_by_every_user_are_found() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key.pem");
+        std::fs::write(&file, "secret").unwrap();
+        for (mode, loose) in [
+            (0o600, false),
+            (0o400, false),
+            (0o640, false),
+            (0o644, true),
+            (0o604, true),
+            (0o660, true),
+            (0o666, true),
+        ] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let found = loose_permissions(&file);
+            assert_eq!(found, loose.then_some(mode), "{mode:o}");
+        }
+        assert_eq!(loose_permissions(&dir.path().join("missing")), None);
     }
 
     #[test]

@@ -96,6 +96,17 @@ impl Server {
                  with a publicly trusted chain before going live"
             );
         }
+        for (setting, path) in config.secret_files() {
+            if let Some(mode) = config::loose_permissions(path) {
+                tracing::warn!(
+                    file = %path.display(),
+                    mode = format_args!("{mode:04o}"),
+                    "{setting}: every user of this machine can read or change this secret file; \
+                     make it readable by obm-gate's user alone (chmod 600, or 640 for a group of \
+                     readers; a Kubernetes secret volume: defaultMode 0400)"
+                );
+            }
+        }
         let server_cert = tls::ServerCert::new(tls::load_certified_key(cert, key)?);
         let metrics = Arc::new(metrics::Metrics::new());
         // Watch first, then read: a change made after the first read is always seen. A

@@ -780,6 +780,10 @@ async fn the_publisher_authenticates_with_a_creds_file() {
     let expires = now_secs() + 2 * 86_400 + 600;
     let (soon, user) = user_creds(account, Some(expires));
     let soon_path = with_creds("soon.creds", &soon).credentials_file.unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&soon_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let work = common::process::workdir();
     let url = nats.url();
     let receiver = common::process::Proc::start_with_env(
@@ -796,6 +800,17 @@ async fn the_publisher_authenticates_with_a_creds_file() {
     );
     let connected = format!("nkey=\"{user}\"");
     assert!(receiver.logged(&connected), "{:?}", receiver.lines);
+    // The .creds file is 0644; the server key obm-gate made for itself is 0600.
+    assert!(
+        receiver.logged("[jetstream] credentials_file: every user of this machine can read"),
+        "{:?}",
+        receiver.lines
+    );
+    assert!(
+        !receiver.logged("[tls] private_key: every user"),
+        "{:?}",
+        receiver.lines
+    );
     let warning = format!("credentials_file {} expires in 2 days", soon_path.display());
     eventually("the expiry warning", Duration::from_secs(10), || {
         receiver.logged(&warning)
