@@ -336,8 +336,6 @@ impl Publisher {
         Ok(publisher)
     }
 
-    /// Connected to NATS right now (for `/readyz`: a receiver that cannot publish should not
-    /// get traffic).
     /// The NKey seed or `.creds` file the next connect will read, if one is configured.
     pub fn credential_file(&self) -> Option<&CredentialFile> {
         self.credentials.as_ref()

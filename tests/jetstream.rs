@@ -875,7 +875,7 @@ async fn a_renewed_creds_file_is_used_from_the_next_connect() {
     let (stream, subject) = names("renew");
     let user = nkeys::KeyPair::new_user();
     // Long enough to start and publish once; NATS drops the connection when it expires.
-    let first_expiry = now_secs() + 4;
+    let first_expiry = now_secs() + 6;
     let creds_path = nats.write(
         "user.creds",
         &user_creds(&nats.account, &user, Some(first_expiry)),
