@@ -40,8 +40,8 @@ pub enum JetStreamMode {
     Only,
 }
 
-/// NATS JetStream publishing, opt-in with `url`.
-#[derive(Debug, Clone, PartialEq)]
+/// NATS JetStream publishing, opt-in with `url`. `Debug` shows the URL without its password.
+#[derive(Clone, PartialEq)]
 pub struct JetStream {
     /// `nats://host:4222`, or `tls://host:4222` to require TLS; `user:password@` or `token@`
     /// before the host authenticates. Empty turns publishing off.
@@ -83,8 +83,9 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Webhook forwarding of stored notifications, opt-in with `url`.
-#[derive(Debug, Clone, PartialEq)]
+/// Webhook forwarding of stored notifications, opt-in with `url`. `Debug` shows the URL
+/// without its user information, and never the secret.
+#[derive(Clone, PartialEq)]
 pub struct Forward {
     /// `https://…`; empty turns forwarding off.
     pub url: Option<String>,
@@ -161,7 +162,8 @@ pub struct Registry {
     pub expiry_error_days: u64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// `Debug` shows the URL without its password.
+#[derive(Clone, PartialEq)]
 pub struct Store {
     /// The SQLite file (when `url` is not set).
     pub path: PathBuf,
@@ -175,6 +177,86 @@ pub struct Store {
     /// CA certificates (PEM) that PostgreSQL's server certificate may chain to, besides the
     /// public web roots; used with `sslmode=require` in `url`.
     pub ca_certificates: Vec<PathBuf>,
+}
+
+// The URL-holding sections print their URLs through `redact_url`. Each destructures itself
+// whole, so a new field does not compile until it is printed here too.
+
+impl fmt::Debug for JetStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let JetStream {
+            url,
+            ca_certificates,
+            client_certificate,
+            client_key,
+            nkey_seed_file,
+            credentials_file,
+            stream,
+            subject,
+            mode,
+            duplicate_window,
+            publish_timeout,
+        } = self;
+        f.debug_struct("JetStream")
+            .field("url", &url.as_deref().map(redact_url))
+            .field("ca_certificates", ca_certificates)
+            .field("client_certificate", client_certificate)
+            .field("client_key", client_key)
+            .field("nkey_seed_file", nkey_seed_file)
+            .field("credentials_file", credentials_file)
+            .field("stream", stream)
+            .field("subject", subject)
+            .field("mode", mode)
+            .field("duplicate_window", duplicate_window)
+            .field("publish_timeout", publish_timeout)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Forward {
+            url,
+            secret,
+            concurrency,
+            max_attempts,
+            max_age,
+            initial_backoff,
+            max_backoff,
+            timeout,
+            ca_certificates,
+            insecure_allow_http,
+        } = self;
+        f.debug_struct("Forward")
+            .field("url", &url.as_deref().map(redact_url))
+            .field("secret", secret)
+            .field("concurrency", concurrency)
+            .field("max_attempts", max_attempts)
+            .field("max_age", max_age)
+            .field("initial_backoff", initial_backoff)
+            .field("max_backoff", max_backoff)
+            .field("timeout", timeout)
+            .field("ca_certificates", ca_certificates)
+            .field("insecure_allow_http", insecure_allow_http)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Store {
+            path,
+            url,
+            retention,
+            ca_certificates,
+        } = self;
+        f.debug_struct("Store")
+            .field("path", path)
+            .field("url", &url.as_deref().map(redact_url))
+            .field("retention", retention)
+            .field("ca_certificates", ca_certificates)
+            .finish()
+    }
 }
 
 /// Limits on everything a peer controls. Each default says why it has that value.
@@ -1094,6 +1176,33 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{ok:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn debug_shows_no_password_of_a_url() {
+        let c = parse(
+            "[store]\nurl = \"postgres://obm:pg-pw@db/obm\"\n\
+             [jetstream]\nurl = \"tls://obm:nats-pw@nats.example.com:4222\"\n\
+             [forward]\nurl = \"https://hook:hook-pw@hooks.example.com/obm\"",
+            &env(&[("OBM_GATE_FORWARD_SECRET", "0123456789abcdef-secret")]),
+        );
+        // The forward URL with a PostgreSQL store is valid; whatever else is reported, the
+        // sections print without their passwords.
+        let config = c.unwrap_or_else(|e| panic!("{e}"));
+        let shown = format!("{config:?}");
+        for secret in ["pg-pw", "nats-pw", "hook-pw", "0123456789abcdef"] {
+            assert!(!shown.contains(secret), "{secret} shows in {shown}");
+        }
+        for redacted in [
+            "postgres://…@db/obm",
+            "tls://…@nats.example.com:4222",
+            "https://…@hooks.example.com/obm",
+        ] {
+            assert!(
+                shown.contains(redacted),
+                "{redacted} is missing from {shown}"
+            );
+        }
     }
 
     #[test]
