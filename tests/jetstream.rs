@@ -915,7 +915,7 @@ async fn a_renewed_creds_file_is_used_from_the_next_connect() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !std::fs::read_to_string(&log)
         .unwrap_or_default()
-        .contains("Expired")
+        .contains("Authentication Expired")
     {
         assert!(
             Instant::now() < deadline,
