@@ -53,6 +53,9 @@ pub struct Metrics {
     /// When the user JWT of `[jetstream] credentials_file` expires (Unix seconds); no series
     /// without one, or for a JWT that never expires.
     pub jetstream_credentials_expiry: Family<NatsUserLabels, Gauge<i64>>,
+    /// 1 while `[jetstream] nkey_seed_file` or `credentials_file`, as last checked, is a file the
+    /// next connect to NATS could not use; 0 otherwise (and without one).
+    pub jetstream_credentials_file_broken: Gauge,
     pub handshakes: Family<HandshakeLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub notifications_stored: Counter,
@@ -96,6 +99,7 @@ impl Metrics {
         let forward_oldest_pending = Gauge::default();
         let jetstream_published = Family::<OutcomeLabels, Counter>::default();
         let jetstream_credentials_expiry = Family::<NatsUserLabels, Gauge<i64>>::default();
+        let jetstream_credentials_file_broken = Gauge::default();
         registry.register(
             "forward_attempts",
             "Webhook delivery attempts by outcome (delivered, retry, dead)",
@@ -120,6 +124,11 @@ impl Metrics {
             "jetstream_credentials_expiry_timestamp_seconds",
             "When the NATS user JWT of [jetstream] credentials_file expires (Unix time)",
             jetstream_credentials_expiry.clone(),
+        );
+        registry.register(
+            "jetstream_credentials_file_broken",
+            "1 while the NATS credential file cannot be used by the next connect (see the log)",
+            jetstream_credentials_file_broken.clone(),
         );
         registry.register(
             "certificate_expiry_seconds",
@@ -178,6 +187,7 @@ impl Metrics {
             forward_oldest_pending,
             jetstream_published,
             jetstream_credentials_expiry,
+            jetstream_credentials_file_broken,
             handshakes,
             requests,
             notifications_stored,

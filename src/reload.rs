@@ -152,19 +152,22 @@ const NATS_JWT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 60 * 60)
 
 /// Reads `[jetstream] nkey_seed_file` or `credentials_file` as the next connect to NATS will:
 /// logs a file that connect could not use, and a user JWT that expires within 30 days (an error
-/// once it has), and exports the JWT's expiry. A file that cannot be read leaves the exported
-/// expiry as it was: it still describes the connection in use.
+/// once it has), and exports the JWT's expiry and whether the file is usable. A file that cannot
+/// be used leaves the exported expiry as it was: it still describes the connection in use.
 pub fn check_nats_credentials(state: &AppState) {
     let Some(file) = state.jetstream.as_ref().and_then(|j| j.credential_file()) else {
         return;
     };
+    let broken = &state.metrics.jetstream_credentials_file_broken;
     let credential = match file.read() {
         Ok(c) => c,
         Err(e) => {
+            broken.set(1);
             tracing::error!(error = %e, "the next connect to NATS cannot authenticate: fix the file; the connection in use goes on until NATS drops it");
             return;
         }
     };
+    broken.set(0);
     let gauge = &state.metrics.jetstream_credentials_expiry;
     gauge.clear();
     let Some(expires) = credential.expires else {

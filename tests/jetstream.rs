@@ -830,6 +830,19 @@ async fn the_publisher_authenticates_with_a_creds_file() {
     .await;
     let (_, metrics) = http_get(receiver.admin, "/metrics").await;
     assert_eq!(metric(&metrics, &series), expires as f64, "{metrics}");
+    let broken = "obm_gate_jetstream_credentials_file_broken";
+    assert_eq!(metric(&metrics, broken), 1.0, "{metrics}");
+    // Mended, the file is usable again.
+    std::fs::write(&soon_path, &soon).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = http_get(receiver.admin, "/metrics").await;
+        if metric(&metrics, broken) == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still broken: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     receiver.kill();
 
     let refused = |cfg: obm_gate::config::JetStream| async move { refusal(&cfg, &[]).await };
