@@ -1186,8 +1186,7 @@ mod tests {
              [forward]\nurl = \"https://hook:hook-pw@hooks.example.com/obm\"",
             &env(&[("OBM_GATE_FORWARD_SECRET", "0123456789abcdef-secret")]),
         );
-        // The forward URL with a PostgreSQL store is valid; whatever else is reported, the
-        // sections print without their passwords.
+        // A valid config: forwarding reads the PostgreSQL store as it reads SQLite.
         let config = c.unwrap_or_else(|e| panic!("{e}"));
         let shown = format!("{config:?}");
         for secret in ["pg-pw", "nats-pw", "hook-pw", "0123456789abcdef"] {
