@@ -6,10 +6,16 @@
 //! retries), so a redelivered notification is in the stream once. All publishes of a message
 //! are sent back to back, then every PubAck is awaited; the request is acknowledged only when
 //! all arrived. The stream is created at start if missing, or checked if present.
+//!
+//! A renewed NKey seed or `.creds` file is put in use by a second connection: publishing moves
+//! to it once NATS has accepted it, and the first closes when its last PubAck is in. So a
+//! renewal cuts off no publish, and one that NATS refuses leaves the connection in use alone.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_nats::ServerAddr;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
@@ -94,8 +100,8 @@ enum CredentialKind {
 }
 
 /// `[jetstream] nkey_seed_file` or `credentials_file`. It is read at start, again at every
-/// connect (so a renewed file is used from the next reconnect on, without a restart), and
-/// whenever the receiver reloads ([`crate::reload`]: a change to the file, SIGHUP, daily).
+/// connect, and whenever the receiver reloads ([`crate::reload`]: a change to the file, SIGHUP,
+/// daily), which puts a renewed file in use at once ([`Publisher::reconnect`]).
 #[derive(Debug, Clone)]
 pub struct CredentialFile {
     path: PathBuf,
@@ -113,6 +119,13 @@ pub struct Credential {
     pub expires: Option<u64>,
 }
 
+impl Credential {
+    /// What tells one credential from another: the user JWT, or the seed's public key.
+    fn identity(&self) -> &str {
+        self.jwt.as_deref().unwrap_or(&self.nkey)
+    }
+}
+
 impl CredentialFile {
     fn from_config(cfg: &config::JetStream) -> Option<CredentialFile> {
         let (path, kind) = match (&cfg.nkey_seed_file, &cfg.credentials_file) {
@@ -128,11 +141,15 @@ impl CredentialFile {
 
     /// The config key and file, for messages: `[jetstream] credentials_file /run/nats.creds`.
     pub fn describe(&self) -> String {
-        let key = match self.kind {
-            CredentialKind::Seed => "nkey_seed_file",
-            CredentialKind::Creds => "credentials_file",
-        };
-        format!("[jetstream] {key} {}", self.path.display())
+        format!("{} {}", self.setting(), self.path.display())
+    }
+
+    /// The config key: `[jetstream] credentials_file`.
+    pub fn setting(&self) -> &'static str {
+        match self.kind {
+            CredentialKind::Seed => "[jetstream] nkey_seed_file",
+            CredentialKind::Creds => "[jetstream] credentials_file",
+        }
     }
 
     /// Reads and checks the file. The error names the key and the file, never the secret.
@@ -189,6 +206,11 @@ impl CredentialFile {
         })
     }
 
+    /// The file's path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// The answer to NATS's challenge, from a fresh read of the file.
     fn authenticate(&self, nonce: &[u8]) -> Result<async_nats::Auth, async_nats::AuthError> {
         let credential = self.read().map_err(async_nats::AuthError::new)?;
@@ -229,6 +251,93 @@ fn jwt_claims(jwt: &str) -> Option<Claims> {
     serde_json::from_slice(&json).ok()
 }
 
+/// Connects to NATS as `[jetstream]` says: TLS when asked for, and the credential file read
+/// again at every connect of the connection's life, so a reconnect after NATS drops it uses the
+/// file as it is then.
+async fn open(
+    cfg: &config::JetStream,
+    credentials: Option<&CredentialFile>,
+) -> Result<Link, JetStreamError> {
+    let url = cfg.url.clone().unwrap_or_default();
+    let shown = config::redact_url(&url);
+    let fail = |detail: String| JetStreamError::Connect {
+        url: shown.clone(),
+        detail,
+    };
+    let addr = url.parse::<ServerAddr>().map_err(|e| fail(e.to_string()))?;
+    // TLS material means TLS: without this, a server that does not ask for TLS would get
+    // plain TCP and the configured certificates would check nothing.
+    let require_tls =
+        addr.tls_required() || !cfg.ca_certificates.is_empty() || cfg.client_certificate.is_some();
+    let client_identity = cfg
+        .client_certificate
+        .as_deref()
+        .zip(cfg.client_key.as_deref());
+    // Also used when a nats:// server asks for TLS itself.
+    let tls = crate::tls::nats_tls(&cfg.ca_certificates, client_identity)
+        .map_err(|e| fail(format!("[jetstream] TLS: {e}")))?;
+    let (options, auth, credential) = match credentials {
+        Some(file) => {
+            let credential = file.read().map_err(fail)?;
+            let used = credential.identity().to_owned();
+            let auth = match file.kind {
+                CredentialKind::Seed => Auth::Nkey(credential.nkey),
+                CredentialKind::Creds => Auth::Creds(credential.nkey),
+            };
+            let file = file.clone();
+            let options = async_nats::ConnectOptions::with_auth_callback(move |nonce| {
+                let file = file.clone();
+                async move { file.authenticate(&nonce) }
+            });
+            (options, auth, Some(used))
+        }
+        None => (async_nats::ConnectOptions::new(), Auth::Url, None),
+    };
+    let mut options = options
+        .name("obm-gate")
+        .connection_timeout(CONNECT_TIMEOUT)
+        // Back within 2 s of NATS returning (the default backoff grows to several seconds).
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis(100u64.saturating_mul(1 << attempts.min(5)))
+                .min(MAX_RECONNECT_DELAY)
+        })
+        .require_tls(require_tls)
+        .tls_client_config(tls);
+    // async-nats reads no credentials from the URL itself. (Config validation allows no
+    // credentials in the URL beside a credential file, whose callback would override them.)
+    let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+    match (addr.username(), addr.password()) {
+        (Some(user), Some(password)) => {
+            options = options.user_and_password(decode(user), decode(password));
+        }
+        (Some(token), None) => options = options.token(decode(token)),
+        _ => {}
+    }
+    let client = options
+        .connect(addr.clone())
+        .await
+        .map_err(|e| fail(connect_problem(&e, &auth)))?;
+    let tls_used = require_tls || client.server_info().tls_required;
+    if !tls_used && !config::is_loopback_host(addr.host()) {
+        tracing::warn!(url = %shown, "NATS is reached over plain TCP: notifications, and a password or token in the URL, cross the network unencrypted; use a tls:// URL");
+    }
+    let nkey = match &auth {
+        Auth::Nkey(public) | Auth::Creds(public) => Some(public),
+        Auth::Url => None,
+    };
+    tracing::info!(url = %shown, tls = tls_used, nkey, "connected to NATS");
+    let context = jetstream::ContextBuilder::new()
+        .timeout(cfg.publish_timeout)
+        .max_ack_inflight(16_384)
+        .backpressure_on_inflight(true)
+        .build(client.clone());
+    Ok(Link {
+        client,
+        context,
+        credential,
+    })
+}
+
 /// What JetStream did with a message's notifications.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Published {
@@ -236,12 +345,20 @@ pub struct Published {
     pub duplicates: usize,
 }
 
-/// A connection to NATS with the stream checked.
-pub struct Publisher {
+/// One connection to NATS, and the credential it was opened with.
+struct Link {
     client: async_nats::Client,
     context: jetstream::Context,
-    subject: String,
-    timeout: Duration,
+    /// What the credential file held when the connection was opened (the user JWT, or the
+    /// seed's public key), to see a renewal by; `None` without a credential file.
+    credential: Option<String>,
+}
+
+/// Publishing to JetStream, with the stream checked. A renewed credential file moves publishing
+/// to a new connection ([`Publisher::reconnect`]); publishes never wait on the swap.
+pub struct Publisher {
+    cfg: config::JetStream,
+    link: ArcSwap<Link>,
     /// `[jetstream] nkey_seed_file` or `credentials_file`, if set.
     credentials: Option<CredentialFile>,
 }
@@ -249,87 +366,11 @@ pub struct Publisher {
 impl Publisher {
     /// Connects, then creates the stream or checks the existing one.
     pub async fn connect(cfg: &config::JetStream) -> Result<Publisher, JetStreamError> {
-        let url = cfg.url.clone().unwrap_or_default();
-        let shown = config::redact_url(&url);
-        let fail = |detail: String| JetStreamError::Connect {
-            url: shown.clone(),
-            detail,
-        };
-        let addr = url.parse::<ServerAddr>().map_err(|e| fail(e.to_string()))?;
-        // TLS material means TLS: without this, a server that does not ask for TLS would get
-        // plain TCP and the configured certificates would check nothing.
-        let require_tls = addr.tls_required()
-            || !cfg.ca_certificates.is_empty()
-            || cfg.client_certificate.is_some();
-        let client_identity = cfg
-            .client_certificate
-            .as_deref()
-            .zip(cfg.client_key.as_deref());
-        // Also used when a nats:// server asks for TLS itself.
-        let tls = crate::tls::nats_tls(&cfg.ca_certificates, client_identity)
-            .map_err(|e| fail(format!("[jetstream] TLS: {e}")))?;
-        // An NKey seed or `.creds` file is read again at every connect, so a renewed one is
-        // used from the next reconnect on.
         let credentials = CredentialFile::from_config(cfg);
-        let (options, auth) = match &credentials {
-            Some(file) => {
-                let credential = file.read().map_err(fail)?;
-                let auth = match file.kind {
-                    CredentialKind::Seed => Auth::Nkey(credential.nkey),
-                    CredentialKind::Creds => Auth::Creds(credential.nkey),
-                };
-                let file = file.clone();
-                let options = async_nats::ConnectOptions::with_auth_callback(move |nonce| {
-                    let file = file.clone();
-                    async move { file.authenticate(&nonce) }
-                });
-                (options, auth)
-            }
-            None => (async_nats::ConnectOptions::new(), Auth::Url),
-        };
-        let mut options = options
-            .name("obm-gate")
-            .connection_timeout(CONNECT_TIMEOUT)
-            // Back within 2 s of NATS returning (the default backoff grows to several seconds).
-            .reconnect_delay_callback(|attempts| {
-                Duration::from_millis(100u64.saturating_mul(1 << attempts.min(5)))
-                    .min(MAX_RECONNECT_DELAY)
-            })
-            .require_tls(require_tls)
-            .tls_client_config(tls);
-        // async-nats reads no credentials from the URL itself. (Config validation allows no
-        // credentials in the URL beside a credential file, whose callback would override them.)
-        let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
-        match (addr.username(), addr.password()) {
-            (Some(user), Some(password)) => {
-                options = options.user_and_password(decode(user), decode(password));
-            }
-            (Some(token), None) => options = options.token(decode(token)),
-            _ => {}
-        }
-        let client = options
-            .connect(addr.clone())
-            .await
-            .map_err(|e| fail(connect_problem(&e, &auth)))?;
-        let tls_used = require_tls || client.server_info().tls_required;
-        if !tls_used && !config::is_loopback_host(addr.host()) {
-            tracing::warn!(url = %shown, "NATS is reached over plain TCP: notifications, and a password or token in the URL, cross the network unencrypted; use a tls:// URL");
-        }
-        let nkey = match &auth {
-            Auth::Nkey(public) | Auth::Creds(public) => Some(public),
-            Auth::Url => None,
-        };
-        tracing::info!(url = %shown, tls = tls_used, nkey, "connected to NATS");
-        let context = jetstream::ContextBuilder::new()
-            .timeout(cfg.publish_timeout)
-            .max_ack_inflight(16_384)
-            .backpressure_on_inflight(true)
-            .build(client.clone());
+        let link = open(cfg, credentials.as_ref()).await?;
         let publisher = Publisher {
-            client,
-            context,
-            subject: cfg.subject.clone(),
-            timeout: cfg.publish_timeout,
+            cfg: cfg.clone(),
+            link: ArcSwap::from_pointee(link),
             credentials,
         };
         publisher.ensure_stream(cfg).await?;
@@ -341,15 +382,32 @@ impl Publisher {
         self.credentials.as_ref()
     }
 
+    /// `credential`, a fresh read of the credential file, is not what the connection in use
+    /// was opened with: the file was renewed (or replaced) since.
+    pub fn is_renewed(&self, credential: &Credential) -> bool {
+        self.link.load().credential.as_deref() != Some(credential.identity())
+    }
+
+    /// Opens a new connection with the credential file as it is now and, once NATS has
+    /// accepted it, publishes over it from then on. Publishes begun on the previous connection
+    /// finish there (it closes when the last of them is done), so none is cut off, as it would
+    /// be by reconnecting the one connection. When NATS refuses the new connection, the one in
+    /// use stays.
+    pub async fn reconnect(&self) -> Result<(), JetStreamError> {
+        let link = open(&self.cfg, self.credentials.as_ref()).await?;
+        self.link.store(Arc::new(link));
+        Ok(())
+    }
+
     /// Connected to NATS right now (for `/readyz`: a receiver that cannot publish should not
     /// get traffic).
     pub fn is_connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
+        self.link.load().client.connection_state() == async_nats::connection::State::Connected
     }
 
     /// The subjects the stream must capture.
     fn stream_subject(&self) -> String {
-        format!("{}.*", self.subject)
+        format!("{}.*", self.cfg.subject)
     }
 
     async fn ensure_stream(&self, cfg: &config::JetStream) -> Result<(), JetStreamError> {
@@ -365,14 +423,17 @@ impl Publisher {
             ..Default::default()
         };
         let stream = self
+            .link
+            .load()
             .context
             .get_or_create_stream(wanted)
             .await
             .map_err(|e| fail(e.to_string()))?;
         let existing = &stream.cached_info().config;
-        let covers = existing.subjects.iter().any(|s| {
-            *s == self.stream_subject() || *s == format!("{}.>", self.subject) || s == ">"
-        });
+        let covers = existing
+            .subjects
+            .iter()
+            .any(|s| *s == self.stream_subject() || *s == format!("{}.>", cfg.subject) || s == ">");
         if !covers {
             return Err(fail(format!(
                 "it captures {:?}, not {:?} where obm-gate publishes; add that subject to the \
@@ -404,13 +465,15 @@ impl Publisher {
         org: &OrgId,
         documents: Vec<(String, Bytes)>,
     ) -> Result<Published, JetStreamError> {
-        let subject = format!("{}.{}", self.subject, org);
+        let subject = format!("{}.{}", self.cfg.subject, org);
         let fail = |e: &dyn std::fmt::Display| JetStreamError::Publish(e.to_string());
+        // Held until every PubAck is in: a connection replaced meanwhile closes only after.
+        let link = self.link.load_full();
         let all = async {
             let mut acks = Vec::with_capacity(documents.len());
             for (id, payload) in documents {
                 let message = PublishMessage::build().message_id(id).payload(payload);
-                let ack = self
+                let ack = link
                     .context
                     .send_publish(subject.clone(), message)
                     .await
@@ -428,10 +491,11 @@ impl Publisher {
             }
             Ok(published)
         };
-        tokio::time::timeout(self.timeout, all).await.map_err(|_| {
+        let timeout = self.cfg.publish_timeout;
+        tokio::time::timeout(timeout, all).await.map_err(|_| {
             JetStreamError::Publish(format!(
                 "no PubAck within {}",
-                humantime::format_duration(self.timeout)
+                humantime::format_duration(timeout)
             ))
         })?
     }

@@ -97,15 +97,7 @@ impl Server {
             );
         }
         for (setting, path) in config.secret_files() {
-            if let Some(mode) = config::loose_permissions(path) {
-                tracing::warn!(
-                    file = %path.display(),
-                    mode = format_args!("{mode:04o}"),
-                    "{setting}: every user of this machine can read or change this secret file; \
-                     make it readable by obm-gate's user alone (chmod 600, or 640 for a group of \
-                     readers; a Kubernetes secret volume: defaultMode 0400)"
-                );
-            }
+            reload::warn_loose_permissions(setting, path);
         }
         let server_cert = tls::ServerCert::new(tls::load_certified_key(cert, key)?);
         let metrics = Arc::new(metrics::Metrics::new());

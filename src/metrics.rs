@@ -54,7 +54,8 @@ pub struct Metrics {
     /// without one, or for a JWT that never expires.
     pub jetstream_credentials_expiry: Family<NatsUserLabels, Gauge<i64>>,
     /// 1 while `[jetstream] nkey_seed_file` or `credentials_file`, as last checked, is a file the
-    /// next connect to NATS could not use; 0 otherwise (and without one).
+    /// next connect to NATS could not use, or a renewal NATS refused; 0 otherwise (and without
+    /// one).
     pub jetstream_credentials_file_broken: Gauge,
     pub handshakes: Family<HandshakeLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
@@ -127,7 +128,7 @@ impl Metrics {
         );
         registry.register(
             "jetstream_credentials_file_broken",
-            "1 while the NATS credential file cannot be used by the next connect (see the log)",
+            "1 while the NATS credential file cannot be used by the next connect, or NATS refused it (see the log)",
             jetstream_credentials_file_broken.clone(),
         );
         registry.register(

@@ -4,10 +4,10 @@
 //! NATS credential file, are watched (inotify, through `notify`); SIGHUP forces a reload too. A
 //! reload builds a whole new registry snapshot and swaps it in; connections already established
 //! keep running, and the request path checks every request against the new snapshot. A server
-//! certificate that fails to load leaves the previous one in place. The NATS credential file is
-//! read again at every connect to NATS; a reload only checks it, so that a file the next connect
-//! could not use is logged at once, and exports its JWT's expiry. Certificates and the NATS JWT
-//! close to expiry are logged at start and daily.
+//! certificate that fails to load leaves the previous one in place. A renewed NATS credential
+//! file is put in use at once, over a new connection, once NATS accepts it; a file that cannot
+//! be used, or that NATS refuses, is logged at once and leaves the connection in use alone.
+//! Certificates and the NATS JWT close to expiry are logged at start and daily.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,21 +69,22 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = expiry.tick() => {
                 log_expiring(&state);
-                check_nats_credentials(&state);
+                check_nats_credentials(&state, Check::Daily).await;
             }
             Some(()) = rx.recv() => {
                 // Let the burst finish, then read once.
                 while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-                reload(&state, &server_cert, "file change");
+                reload(&state, &server_cert, "file change").await;
             }
-            Some(()) = recv_hangup(&mut hangup) => reload(&state, &server_cert, "SIGHUP"),
+            Some(()) = recv_hangup(&mut hangup) => reload(&state, &server_cert, "SIGHUP").await,
         }
     }
 }
 
-/// Re-reads the registry, the server certificate and the NATS credential file.
-pub fn reload(state: &AppState, server_cert: &ServerCert, why: &str) {
-    check_nats_credentials(state);
+/// Re-reads the registry, the server certificate and the NATS credential file (a renewed one
+/// is put in use, which waits for NATS to accept it: at most the connect timeout).
+pub async fn reload(state: &AppState, server_cert: &ServerCert, why: &str) {
+    check_nats_credentials(state, Check::Reload).await;
     match state.registry.reload() {
         Ok(s) => tracing::info!(trigger = why, certificates = s.len(), "registry reloaded"),
         Err(e) => {
@@ -150,12 +151,31 @@ fn parent_dir(file: &Path) -> PathBuf {
 /// A NATS user JWT expiring sooner than this is logged as a warning.
 const NATS_JWT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
-/// Reads `[jetstream] nkey_seed_file` or `credentials_file` as the next connect to NATS will:
-/// logs a file that connect could not use, and a user JWT that expires within 30 days (an error
-/// once it has), and exports the JWT's expiry and whether the file is usable. A file that cannot
-/// be used leaves the exported expiry as it was: it still describes the connection in use.
-pub fn check_nats_credentials(state: &AppState) {
-    let Some(file) = state.jetstream.as_ref().and_then(|j| j.credential_file()) else {
+/// When [`check_nats_credentials`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// At start and daily: the JWT's expiry is logged whatever it is.
+    Daily,
+    /// A file changed, or SIGHUP: the expiry is logged when the file was renewed.
+    Reload,
+}
+
+/// Reads `[jetstream] nkey_seed_file` or `credentials_file` as the next connect to NATS will,
+/// logs a file that connect could not use, and exports whether the file is usable.
+///
+/// A renewed file (one whose JWT or seed is not the connection's) is put in use at once: a new
+/// connection is opened with it, publishing moves there once NATS has accepted it, and the old
+/// connection closes when its publishes are confirmed. If NATS refuses the renewed file, that
+/// is logged as an error and the connection in use stays, until NATS drops it.
+///
+/// Then the JWT's expiry is exported, and logged (a warning within 30 days, an error once it
+/// has expired). A file that cannot be used leaves the exported expiry as it was: it still
+/// describes the connection in use.
+pub async fn check_nats_credentials(state: &AppState, when: Check) {
+    let Some(publisher) = state.jetstream.as_ref() else {
+        return;
+    };
+    let Some(file) = publisher.credential_file() else {
         return;
     };
     let broken = &state.metrics.jetstream_credentials_file_broken;
@@ -167,6 +187,27 @@ pub fn check_nats_credentials(state: &AppState) {
             return;
         }
     };
+    let renewed = publisher.is_renewed(&credential);
+    if renewed {
+        warn_loose_permissions(file.setting(), file.path());
+        if let Err(e) = publisher.reconnect().await {
+            broken.set(1);
+            tracing::error!(
+                nkey = %credential.nkey,
+                error = %e,
+                "NATS refused the renewed {}: publishing goes on over the connection in use, \
+                 with the credentials it was opened with, until NATS drops it; fix the file",
+                file.describe()
+            );
+            return;
+        }
+        tracing::info!(
+            nkey = %credential.nkey,
+            "publishing moved to a new connection to NATS, opened with the renewed {}; the \
+             previous connection closes once its publishes are confirmed",
+            file.describe()
+        );
+    }
     broken.set(0);
     let gauge = &state.metrics.jetstream_credentials_expiry;
     gauge.clear();
@@ -179,19 +220,24 @@ pub fn check_nats_credentials(state: &AppState) {
     gauge
         .get_or_create(&labels)
         .set(i64::try_from(expires).unwrap_or(i64::MAX));
+    if when == Check::Reload && !renewed {
+        return;
+    }
     let at = UNIX_EPOCH + Duration::from_secs(expires);
     let stamp = humantime::format_rfc3339_seconds(at);
     match at.duration_since(SystemTime::now()) {
         Err(_) => tracing::error!(
             nkey = %credential.nkey,
             expires = %stamp,
-            "the NATS user JWT of {} has expired: NATS refuses it; renew the file (it is read again at each connect)",
+            "the NATS user JWT of {} has expired: NATS refuses it; renew the file (obm-gate \
+             puts a renewed file in use at once)",
             file.describe()
         ),
         Ok(left) if left < NATS_JWT_EXPIRY_WARNING => tracing::warn!(
             nkey = %credential.nkey,
             expires = %stamp,
-            "the NATS user JWT of {} expires in {} days: renew the file before, or publishing stops (it is read again at each connect)",
+            "the NATS user JWT of {} expires in {} days: renew the file before, or publishing \
+             stops (obm-gate puts a renewed file in use at once)",
             file.describe(),
             left.as_secs() / 86_400
         ),
@@ -201,6 +247,20 @@ pub fn check_nats_credentials(state: &AppState) {
             "the NATS user JWT of {}",
             file.describe()
         ),
+    }
+}
+
+/// Logs a warning when the secret file `path` (of the config key `setting`) may be read by
+/// every user of the machine, or changed by its group.
+pub fn warn_loose_permissions(setting: &str, path: &Path) {
+    if let Some(mode) = crate::config::loose_permissions(path) {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format_args!("{mode:04o}"),
+            "{setting}: every user of this machine can read or change this secret file; make it \
+             readable by obm-gate's user alone (chmod 600, or 640 for a group of readers; a \
+             Kubernetes secret volume: defaultMode 0400)"
+        );
     }
 }
 

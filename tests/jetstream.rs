@@ -780,10 +780,8 @@ async fn the_publisher_authenticates_with_a_creds_file() {
     let expires = now_secs() + 2 * 86_400 + 600;
     let (soon, user) = user_creds(account, Some(expires));
     let soon_path = with_creds("soon.creds", &soon).credentials_file.unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&soon_path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&soon_path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let work = common::process::workdir();
     let url = nats.url();
     let receiver = common::process::Proc::start_with_env(
@@ -843,6 +841,32 @@ async fn the_publisher_authenticates_with_a_creds_file() {
         assert!(Instant::now() < deadline, "still broken: {metrics}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A renewal is put in use at once, said in the log, and its mode is checked again (this
+    // one is 0644 too: a second warning).
+    let loose = "[jetstream] credentials_file: every user of this machine can read";
+    let count = |needle: &str| {
+        let lines = receiver.lines.lock().unwrap();
+        lines.iter().filter(|l| l.contains(needle)).count()
+    };
+    assert_eq!(count(loose), 1);
+    let (renewed, renewed_user) = user_creds(account, Some(expires + 86_400));
+    let renewed_path = nats.write("soon.creds.new", &renewed);
+    std::fs::set_permissions(&renewed_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::rename(&renewed_path, &soon_path).unwrap();
+    let moved = format!(
+        "publishing moved to a new connection to NATS, opened with the renewed [jetstream] credentials_file {}",
+        soon_path.display()
+    );
+    eventually("the renewal's log line", Duration::from_secs(10), || {
+        receiver.logged(&moved)
+    })
+    .await;
+    assert!(
+        receiver.logged(&format!("nkey=\"{renewed_user}\"")),
+        "{:?}",
+        receiver.lines
+    );
+    assert_eq!(count(loose), 2, "{:?}", receiver.lines);
     receiver.kill();
 
     let refused = |cfg: obm_gate::config::JetStream| async move { refusal(&cfg, &[]).await };
@@ -879,16 +903,18 @@ async fn the_publisher_authenticates_with_a_creds_file() {
     assert!(error.contains("missing.creds"), "{error}");
 }
 
-/// The `.creds` file is read again at every connect: when the user JWT in use expires and NATS
-/// drops the connection, the publisher reconnects with the renewed file, without a restart. A
-/// change to the file also updates the exported expiry at once.
+/// A renewed `.creds` file is put in use at once: a new connection is opened with it, and
+/// publishing moves there without a publish cut off, so the connection that used the first JWT
+/// is closed by the receiver before NATS would drop it at that JWT's expiry. A renewal that
+/// NATS refuses is reported (the gauge) and leaves the connection in use alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_renewed_creds_file_is_used_from_the_next_connect() {
+async fn a_renewed_creds_file_is_put_in_use_at_once() {
     let nats = OperatorNats::start();
     let (stream, subject) = names("renew");
     let user = nkeys::KeyPair::new_user();
-    // Long enough to start and publish once; NATS drops the connection when it expires.
-    let first_expiry = now_secs() + 6;
+    // Long enough to start, publish, and try a refused renewal; NATS would drop a connection
+    // that still used this JWT when it expires.
+    let first_expiry = now_secs() + 10;
     let creds_path = nats.write(
         "user.creds",
         &user_creds(&nats.account, &user, Some(first_expiry)),
@@ -900,45 +926,64 @@ async fn a_renewed_creds_file_is_used_from_the_next_connect() {
     server.register(ORG_A, "renew", &id);
     let client = server.client(Some(&id));
     client.ack(ORG_A, &[nid(1)]).await;
-
+    let state = server.state.clone();
+    // Waits until /metrics shows `series` at `value`.
+    let metric_becomes = |series: String, value: f64| {
+        let state = state.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let (_, metrics) = admin_get(&state, "/metrics").await;
+                if metrics.contains(&series) && metric(&metrics, &series) == value {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{series} is not {value}: {metrics}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     // The renewal, as a secrets manager writes it: a new file moved into place.
-    let renewed_expiry = now_secs() + 3_600;
-    let renewed = nats.write(
-        "user.creds.new",
-        &user_creds(&nats.account, &user, Some(renewed_expiry)),
-    );
-    std::fs::rename(&renewed, &creds_path).unwrap();
-    let series = format!(
+    let put_in_place = |text: &str| {
+        let renewed = nats.write("user.creds.new", text);
+        std::fs::rename(&renewed, &creds_path).unwrap();
+    };
+    let broken = "obm_gate_jetstream_credentials_file_broken";
+    let expiry = format!(
         "obm_gate_jetstream_credentials_expiry_timestamp_seconds{{nkey=\"{}\"}}",
         user.public_key()
     );
-    let state = server.state.clone();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, metrics) = admin_get(&state, "/metrics").await;
-        if metrics.contains(&series) && metric(&metrics, &series) == renewed_expiry as f64 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the expiry stays old: {metrics}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
-    // Past the first JWT's expiry NATS has dropped the connection that used it.
+    // A file of an account NATS does not trust: refused, and the connection in use stays.
+    let stranger = nkeys::KeyPair::new_user();
+    put_in_place(&user_creds(&nkeys::KeyPair::new_account(), &stranger, None));
+    metric_becomes(broken.into(), 1.0).await;
+    client.ack(ORG_A, &[nid(2)]).await;
+
+    let renewed_expiry = now_secs() + 3_600;
+    put_in_place(&user_creds(&nats.account, &user, Some(renewed_expiry)));
+    metric_becomes(broken.into(), 0.0).await;
+    metric_becomes(expiry, renewed_expiry as f64).await;
     let log = nats.dir.path().join("nats.log");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("Authentication Expired")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "NATS did not drop the expired user: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+    let nats_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Every message until past the first JWT's expiry is acknowledged at the first try, and
+    // NATS expired no connection of the receiver: the one that used the first JWT was closed
+    // by the receiver. (With the renewal left to the next reconnect, NATS logs "Authentication
+    // Expired" here.)
+    let mut n = 3usize;
+    while now_secs() <= first_expiry + 1 {
+        client.ack(ORG_A, &[nid(n)]).await;
+        n += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    post_until_ack(&client, &message(ORG_A, &[nid(2)])).await;
+    assert!(
+        !nats_log().contains("Authentication Expired"),
+        "{}",
+        nats_log()
+    );
     server.stop().await;
     let contents = stream_contents(&nats.context().await, &stream).await;
-    assert_eq!(contents.len(), 2, "{contents:?}");
+    assert_eq!(contents.len(), n - 1, "{contents:?}");
 }
