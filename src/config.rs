@@ -156,7 +156,8 @@ pub struct Registry {
     pub directory: PathBuf,
     /// CA certificates whose issued client certificates must chain-verify.
     pub ca_certificates: Vec<PathBuf>,
-    /// Log a warning (at start and daily) for certificates expiring within this many days.
+    /// Log a warning (at start and daily) for certificates expiring within this many days: the
+    /// registered client certificates, and the server's own chain.
     pub expiry_warning_days: u64,
     /// Log an error for certificates expiring within this many days.
     pub expiry_error_days: u64,

@@ -57,6 +57,8 @@ pub struct Metrics {
     /// next connect to NATS could not use, or a renewal NATS refused; 0 otherwise (and without
     /// one).
     pub jetstream_credentials_file_broken: Gauge,
+    /// When the first certificate of the served chain (`[tls] certificate`) expires, Unix time.
+    pub server_certificate_expiry: Gauge<i64>,
     pub handshakes: Family<HandshakeLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub notifications_stored: Counter,
@@ -101,6 +103,7 @@ impl Metrics {
         let jetstream_published = Family::<OutcomeLabels, Counter>::default();
         let jetstream_credentials_expiry = Family::<NatsUserLabels, Gauge<i64>>::default();
         let jetstream_credentials_file_broken = Gauge::default();
+        let server_certificate_expiry = Gauge::<i64>::default();
         registry.register(
             "forward_attempts",
             "Webhook delivery attempts by outcome (delivered, retry, dead)",
@@ -130,6 +133,11 @@ impl Metrics {
             "jetstream_credentials_file_broken",
             "1 while the NATS credential file cannot be used by the next connect, or NATS refused it (see the log)",
             jetstream_credentials_file_broken.clone(),
+        );
+        registry.register(
+            "server_certificate_expiry_timestamp_seconds",
+            "When the first certificate of the server's chain ([tls] certificate) to expire does (Unix time)",
+            server_certificate_expiry.clone(),
         );
         registry.register(
             "certificate_expiry_seconds",
@@ -189,6 +197,7 @@ impl Metrics {
             jetstream_published,
             jetstream_credentials_expiry,
             jetstream_credentials_file_broken,
+            server_certificate_expiry,
             handshakes,
             requests,
             notifications_stored,

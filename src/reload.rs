@@ -7,7 +7,8 @@
 //! certificate that fails to load leaves the previous one in place. A renewed NATS credential
 //! file is put in use at once, over a new connection, once NATS accepts it; a file that cannot
 //! be used, or that NATS refuses, is logged at once and leaves the connection in use alone.
-//! Certificates and the NATS JWT close to expiry are logged at start and daily.
+//! Client certificates, the server's chain and the NATS JWT close to expiry are logged at start
+//! and daily.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::AppState;
-use crate::registry::{Snapshot, format_time};
+use crate::registry::{CertInfo, Snapshot, format_time};
 use crate::tls::{self, ServerCert};
 
 /// Changes arrive as bursts (a copy is create + writes + close); wait this long for the burst
@@ -69,6 +70,7 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = expiry.tick() => {
                 log_expiring(&state);
+                check_server_certificate(&state, &server_cert);
                 check_nats_credentials(&state, Check::Daily).await;
             }
             Some(()) = rx.recv() => {
@@ -93,7 +95,17 @@ pub async fn reload(state: &AppState, server_cert: &ServerCert, why: &str) {
     }
     let tls = &state.config.tls;
     match tls::load_certified_key(&tls.certificate, &tls.private_key) {
-        Ok(key) => server_cert.replace(key),
+        Ok(key) => {
+            if server_cert.replace(key) {
+                tracing::info!(
+                    trigger = why,
+                    certificate = %tls.certificate.display(),
+                    "server certificate replaced: new handshakes get it"
+                );
+                warn_loose_permissions("[tls] private_key", &tls.private_key);
+                check_server_certificate(state, server_cert);
+            }
+        }
         Err(e) => tracing::error!(
             trigger = why,
             error = %e,
@@ -260,6 +272,57 @@ pub fn warn_loose_permissions(setting: &str, path: &Path) {
             "{setting}: every user of this machine can read or change this secret file; make it \
              readable by obm-gate's user alone (chmod 600, or 640 for a group of readers; a \
              Kubernetes secret volume: defaultMode 0400)"
+        );
+    }
+}
+
+/// Exports when the first certificate of the served chain expires, and logs it as the client
+/// certificates' expiry is logged (`[registry] expiry_warning_days` and `expiry_error_days`):
+/// when the certificate Salesforce checks expires, every delivery fails.
+pub fn check_server_certificate(state: &AppState, server_cert: &ServerCert) {
+    let chain: Vec<CertInfo> = server_cert
+        .chain()
+        .into_iter()
+        .filter_map(|der| CertInfo::from_der(der).ok())
+        .collect();
+    let (Some(leaf), Some(first)) = (chain.first(), chain.iter().min_by_key(|c| c.not_after))
+    else {
+        return;
+    };
+    state.metrics.server_certificate_expiry.set(first.not_after);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = first.days_left(now);
+    let registry = &state.config.registry;
+    let which = if std::ptr::eq(first, leaf) {
+        String::new()
+    } else {
+        format!(" (its chain's {})", first.subject)
+    };
+    let file = state.config.tls.certificate.display();
+    let not_after = format_time(first.not_after);
+    if days < registry.expiry_error_days as i64 {
+        tracing::error!(
+            certificate = %leaf.fingerprint,
+            subject = %leaf.subject,
+            not_after = %not_after,
+            days_left = days,
+            "the server certificate{which} expires within {} days (or has expired): Salesforce \
+             refuses to deliver to it; renew [tls] certificate {file} and its key (a renewed \
+             file is served at once)",
+            registry.expiry_error_days
+        );
+    } else if days < registry.expiry_warning_days as i64 {
+        tracing::warn!(
+            certificate = %leaf.fingerprint,
+            subject = %leaf.subject,
+            not_after = %not_after,
+            days_left = days,
+            "the server certificate{which} expires within {} days: renew [tls] certificate \
+             {file} and its key (a renewed file is served at once)",
+            registry.expiry_warning_days
         );
     }
 }

@@ -517,9 +517,17 @@ impl ServerCert {
         })
     }
 
-    /// Swaps in a new certificate; connections already established keep theirs.
-    pub fn replace(&self, key: CertifiedKey) {
+    /// Swaps in a new certificate; connections already established keep theirs. Whether its
+    /// chain differs from the one served until now.
+    pub fn replace(&self, key: CertifiedKey) -> bool {
+        let changed = self.current.load().cert != key.cert;
         self.current.store(Arc::new(key));
+        changed
+    }
+
+    /// The chain served, leaf first.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current.load().cert.clone()
     }
 }
 

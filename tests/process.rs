@@ -255,6 +255,88 @@ async fn expiring_certificates_are_logged_and_sighup_reloads() {
     proc.kill();
 }
 
+/// The server's own certificate is watched like the clients': the first certificate of its
+/// chain to expire is logged at start (an error within `expiry_error_days`) and exported; a
+/// reload that finds the same files changes nothing, and a renewed certificate is served, said
+/// in the log, its key's mode checked and the metric moved. (`tests/lifecycle.rs` shows that
+/// new handshakes get the renewed certificate.)
+#[tokio::test]
+async fn the_server_certificate_expiry_is_logged_and_a_renewal_served() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = workdir();
+    let server_dir = dir.path().join("certs/server");
+    std::fs::create_dir_all(&server_dir).unwrap();
+    let ca = Ca::new("Server CA");
+    let leaf = ca.issue_loopback_server("gate.example");
+    // An intermediate that expires before the leaf: the chain stops working then.
+    let mut spec = Spec::new(Key::EcdsaP256, "Expiring Intermediate").ca_true();
+    spec.not_after =
+        time::OffsetDateTime::now_utc() + time::Duration::days(3) + time::Duration::hours(1);
+    let intermediate = self_signed(spec);
+    let install = |id: &Identity, extra: &str, mode: u32| {
+        let key = server_dir.join("new.key");
+        std::fs::write(&key, &id.key_pem).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::fs::write(
+            server_dir.join("new.pem"),
+            format!("{}{extra}", id.cert_pem),
+        )
+        .unwrap();
+        std::fs::rename(key, server_dir.join("server.key")).unwrap();
+        std::fs::rename(server_dir.join("new.pem"), server_dir.join("server.pem")).unwrap();
+    };
+    install(&leaf, &intermediate.cert_pem, 0o600);
+    let proc = Proc::start(dir.path());
+    eventually(
+        "the server certificate's error",
+        Duration::from_secs(5),
+        || proc.logged("the server certificate (its chain's CN=Expiring Intermediate"),
+    )
+    .await;
+    assert!(
+        proc.logged(&format!("certificate={}", leaf.fingerprint())),
+        "{:?}",
+        proc.lines
+    );
+    let series = "obm_gate_server_certificate_expiry_timestamp_seconds";
+    let (_, metrics) = http_get(proc.admin, "/metrics").await;
+    let soon = x509_not_after(&intermediate);
+    assert_eq!(metric(&metrics, series), soon as f64, "{metrics}");
+
+    proc.signal("-HUP");
+    eventually("reload on SIGHUP", Duration::from_secs(5), || {
+        proc.logged("registry reloaded trigger=\"SIGHUP\"")
+    })
+    .await;
+    assert!(
+        !proc.logged("server certificate replaced"),
+        "{:?}",
+        proc.lines
+    );
+
+    let renewed = ca.issue_loopback_server("gate.example");
+    install(&renewed, "", 0o644);
+    eventually("the renewal served", Duration::from_secs(10), || {
+        proc.logged("server certificate replaced: new handshakes get it")
+            && proc.logged("[tls] private_key: every user of this machine can read")
+    })
+    .await;
+    let (_, metrics) = http_get(proc.admin, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, series),
+        x509_not_after(&renewed) as f64,
+        "{metrics}"
+    );
+    proc.kill();
+}
+
+/// A certificate's notAfter, Unix seconds.
+fn x509_not_after(id: &Identity) -> i64 {
+    obm_gate::registry::CertInfo::from_der(id.der.clone())
+        .unwrap()
+        .not_after
+}
+
 #[tokio::test]
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
