@@ -3,7 +3,7 @@
 //! The check runs against the registry **as it is at request time**, not as it was at the
 //! handshake: rustls does not re-run the certificate verifier on a resumed session, and a
 //! keep-alive connection outlives any registry change. So a certificate removed from the
-//! registry, or one that expired since the handshake, stops working on the next request.
+//! registry, revoked, or expired since the handshake, stops working on the next request.
 
 use std::net::IpAddr;
 
@@ -54,6 +54,12 @@ pub struct Claims<'a> {
 pub enum AuthzError {
     #[error("client certificate {0} is no longer registered to any org")]
     NotRegistered(Fingerprint),
+    #[error("client certificate {fingerprint} was revoked on {revoked_at}: {reason}")]
+    Revoked {
+        fingerprint: Fingerprint,
+        revoked_at: String,
+        reason: String,
+    },
     #[error("client certificate {0} has expired")]
     Expired(Fingerprint),
     #[error("client certificate {0} is not valid yet")]
@@ -75,6 +81,7 @@ impl AuthzError {
     pub fn label(&self) -> &'static str {
         match self {
             AuthzError::NotRegistered(_) => "certificate_not_registered",
+            AuthzError::Revoked { .. } => "certificate_revoked",
             AuthzError::Expired(_) => "certificate_expired",
             AuthzError::NotYetValid(_) => "certificate_not_yet_valid",
             AuthzError::OrgMismatch { .. } => "org_mismatch",
@@ -153,9 +160,16 @@ fn bind_org(
     claimed: &OrgId,
     now: i64,
 ) -> Result<(), AuthzError> {
-    let entry = registry
-        .get(certificate)
-        .ok_or(AuthzError::NotRegistered(*certificate))?;
+    let Some(entry) = registry.get(certificate) else {
+        return Err(match registry.revoked(certificate) {
+            Some(r) => AuthzError::Revoked {
+                fingerprint: *certificate,
+                revoked_at: r.revoked_at.clone(),
+                reason: r.reason.clone(),
+            },
+            None => AuthzError::NotRegistered(*certificate),
+        });
+    };
     match entry.cert.validity_at(now) {
         Validity::Valid => {}
         Validity::Expired => return Err(AuthzError::Expired(*certificate)),

@@ -7,12 +7,14 @@ use std::path::PathBuf;
 use rustls_pki_types::CertificateDer;
 
 use crate::ids::OrgId;
-use crate::registry::{CertInfo, Snapshot, Validity, format_time};
+use crate::registry::{CertInfo, Revocation, Snapshot, Validity, format_time};
 use crate::tls::{self, ChainCheck, TlsError};
 
 pub struct Checklist {
     pub cert: CertInfo,
     pub registered_orgs: Vec<OrgId>,
+    /// Revoked certificates are never registered.
+    pub revoked: Option<Revocation>,
     pub expected_org: Option<OrgId>,
     pub validity: Validity,
     pub days_left: i64,
@@ -36,6 +38,7 @@ impl Checklist {
                 .get(&cert.fingerprint)
                 .map(|r| r.orgs.clone())
                 .unwrap_or_default(),
+            revoked: registry.revoked(&cert.fingerprint).cloned(),
             validity: cert.validity_at(now),
             days_left: cert.days_left(now),
             cert,
@@ -48,7 +51,12 @@ impl Checklist {
     /// Why the receiver would refuse this certificate now (empty: it would accept it).
     pub fn refusals(&self) -> Vec<String> {
         let mut r = Vec::new();
-        if self.registered_orgs.is_empty() {
+        if let Some(revoked) = &self.revoked {
+            r.push(format!(
+                "it was revoked on {} ({}); the handshake fails",
+                revoked.revoked_at, revoked.reason
+            ));
+        } else if self.registered_orgs.is_empty() {
             r.push("it is not registered to any org (the handshake fails)".to_owned());
         }
         if let Some(org) = self.expected_org
@@ -85,12 +93,17 @@ impl Checklist {
         let _ = writeln!(out, "subject      {}", c.subject);
         let _ = writeln!(out, "issuer       {}", c.issuer);
         let orgs: Vec<&str> = self.registered_orgs.iter().map(OrgId::as_str).collect();
-        let _ = match orgs.is_empty() {
-            true => writeln!(
+        let _ = match (&self.revoked, orgs.is_empty()) {
+            (Some(r), _) => writeln!(
+                out,
+                "[FAIL] revoked: on {} ({}); it cannot be registered again",
+                r.revoked_at, r.reason
+            ),
+            (None, true) => writeln!(
                 out,
                 "[FAIL] registered: no; add it with `obm-gate certs add --org <OrgId> FILE`"
             ),
-            false => writeln!(out, "[ ok ] registered: yes, for {}", orgs.join(", ")),
+            (None, false) => writeln!(out, "[ ok ] registered: yes, for {}", orgs.join(", ")),
         };
         if let Some(org) = self.expected_org {
             let _ = match self.registered_orgs.contains(&org) {

@@ -144,6 +144,19 @@ enum CertsCommand {
         #[arg(long)]
         fingerprint: String,
     },
+    /// Revoke a certificate (a lost or compromised key): refused from now on, by name, at the
+    /// handshake and on connections already open, and never registered again. Its files are
+    /// removed from every org; `revoked.toml` in the registry directory records it.
+    Revoke {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// SHA-256 fingerprint (hex, colons allowed).
+        #[arg(long)]
+        fingerprint: String,
+        /// Why, for the record and the refusals: "key compromised", "laptop lost", …
+        #[arg(long)]
+        reason: String,
+    },
     /// Would the receiver accept this certificate now? Exits 1 if not.
     Check {
         #[arg(long)]
@@ -500,6 +513,42 @@ mod certificates {
                 for path in removed {
                     println!("removed {}", path.display());
                 }
+                Ok(())
+            }
+            CertsCommand::Revoke {
+                config: c,
+                fingerprint,
+                reason,
+            } => {
+                let cfg = config(c.as_deref())?;
+                let fp = Fingerprint::parse(&fingerprint).map_err(Failure::usage)?;
+                let reason = reason.trim();
+                if reason.is_empty() {
+                    return Err(Failure::usage(
+                        "--reason must say why the certificate is revoked",
+                    ));
+                }
+                let done = registry::revoke(&cfg.registry.directory, &fp, reason, now_secs())
+                    .map_err(Failure::failed)?;
+                let r = &done.revocation;
+                match done.orgs.is_empty() {
+                    true => println!("revoked {fp} (it was not registered to any org)"),
+                    false => {
+                        let orgs: Vec<&str> = done.orgs.iter().map(OrgId::as_str).collect();
+                        println!(
+                            "revoked {fp} ({}), registered to {}",
+                            r.subject,
+                            orgs.join(", ")
+                        )
+                    }
+                }
+                for path in done.removed {
+                    println!("removed {}", path.display());
+                }
+                println!(
+                    "a running receiver refuses it from its next reload (at once when it watches {})",
+                    cfg.registry.directory.display()
+                );
                 Ok(())
             }
             CertsCommand::Check {

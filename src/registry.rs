@@ -4,6 +4,12 @@
 //! SHA-256 fingerprint (O(1) look-up), held in an [`ArcSwap`] so that the TLS verifier and the
 //! request path read it without ever blocking, and a reload swaps in a whole new snapshot at once.
 //! A file that cannot be read is reported and skipped; it never makes the registry accept more.
+//!
+//! Revocation: `<directory>/revoked.toml` lists revoked fingerprints (`certs revoke` writes it).
+//! A revoked certificate is never loaded, whatever org directory holds a copy of it, and is
+//! refused by name ("revoked"), at the handshake and on connections already open. A list that
+//! cannot be read fails the load, so a broken file never un-revokes anything: at start the
+//! receiver does not start, and a reload keeps the registry in force.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +25,60 @@ use crate::ids::{Fingerprint, OrgId};
 
 /// The optional per-org policy file, next to the org's certificates.
 pub const POLICY_FILE: &str = "policy.toml";
+
+/// The revocation list, at the top of the registry directory.
+pub const REVOKED_FILE: &str = "revoked.toml";
+
+/// One revoked certificate, as `revoked.toml` records it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    /// SHA-256 of the certificate, 64 hex digits.
+    pub fingerprint: String,
+    /// RFC 3339, UTC.
+    pub revoked_at: String,
+    /// Why, in the operator's words.
+    pub reason: String,
+    /// The certificate's subject, when it was registered at revocation (for the reader).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subject: String,
+}
+
+/// `revoked.toml`: `[[certificate]]` tables.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevocationList {
+    #[serde(default)]
+    certificate: Vec<Revocation>,
+}
+
+const REVOKED_HEADER: &str = "\
+# Certificates revoked with `obm-gate certs revoke`. The receiver refuses each of them (reason
+# \"revoked\"), at the handshake and on connections already open, whatever org directory holds
+# a copy, and `certs add` will not register one again. Removing an entry lifts its revocation.
+
+";
+
+/// Reads `<directory>/revoked.toml` (missing: nothing is revoked).
+fn read_revocations(directory: &Path) -> Result<HashMap<Fingerprint, Revocation>, RegistryError> {
+    let path = directory.join(REVOKED_FILE);
+    let broken = |detail: String| RegistryError::Revocations {
+        path: path.clone(),
+        detail,
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(broken(e.to_string())),
+    };
+    let list: RevocationList = toml::from_str(&text).map_err(|e| broken(e.to_string()))?;
+    let mut out = HashMap::with_capacity(list.certificate.len());
+    for r in list.certificate {
+        let fp = Fingerprint::parse(&r.fingerprint).map_err(|e| broken(e.to_string()))?;
+        out.insert(fp, r);
+    }
+    Ok(out)
+}
 
 /// A client certificate as the registry knows it.
 #[derive(Debug, Clone)]
@@ -170,12 +230,24 @@ pub struct Problem {
 /// One immutable view of the registry.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// Never holds a revoked certificate.
     by_fingerprint: HashMap<Fingerprint, Registered>,
+    revoked: HashMap<Fingerprint, Revocation>,
     policies: HashMap<OrgId, OrgPolicy>,
     pub problems: Vec<Problem>,
 }
 
 impl Snapshot {
+    /// The certificate's revocation, if it is revoked (then [`Snapshot::get`] has no entry).
+    pub fn revoked(&self, fp: &Fingerprint) -> Option<&Revocation> {
+        self.revoked.get(fp)
+    }
+
+    /// Every revocation, in no order.
+    pub fn revocations(&self) -> impl Iterator<Item = &Revocation> {
+        self.revoked.values()
+    }
+
     pub fn get(&self, fp: &Fingerprint) -> Option<&Registered> {
         self.by_fingerprint.get(fp)
     }
@@ -201,7 +273,10 @@ impl Snapshot {
     /// below it that is wrong becomes a [`Problem`] and is skipped.
     pub fn read_dir(dir: &Path) -> Result<Snapshot, RegistryError> {
         let top = open_dir(dir)?;
-        let mut snapshot = Snapshot::default();
+        let mut snapshot = Snapshot {
+            revoked: read_revocations(dir)?,
+            ..Snapshot::default()
+        };
         let mut org_dirs: Vec<_> = top.filter_map(Result::ok).map(|e| e.path()).collect();
         org_dirs.sort();
         for org_dir in org_dirs {
@@ -282,6 +357,16 @@ impl Snapshot {
     }
 
     fn insert(&mut self, org: OrgId, cert: CertInfo, file: PathBuf) {
+        if let Some(r) = self.revoked.get(&cert.fingerprint) {
+            self.problems.push(Problem {
+                path: file,
+                reason: format!(
+                    "certificate {} was revoked on {} ({}): not loaded; delete this file",
+                    cert.fingerprint, r.revoked_at, r.reason
+                ),
+            });
+            return;
+        }
         let entry = self
             .by_fingerprint
             .entry(cert.fingerprint)
@@ -318,6 +403,12 @@ pub enum RegistryError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "the revocation list {} cannot be read, so no certificate can be trusted not to be \
+         revoked: {detail}; fix or restore the file",
+        path.display()
+    )]
+    Revocations { path: PathBuf, detail: String },
 }
 
 /// Why `add` or `remove` refused.
@@ -331,6 +422,20 @@ pub enum ChangeError {
     AlreadyRegistered { org: OrgId, path: PathBuf },
     #[error("no registered certificate has fingerprint {0}")]
     NotRegistered(Fingerprint),
+    #[error("certificate {fingerprint} is already revoked, since {revoked_at}")]
+    AlreadyRevoked {
+        fingerprint: Fingerprint,
+        revoked_at: String,
+    },
+    #[error(
+        "certificate {fingerprint} was revoked on {revoked_at} ({reason}); it cannot be \
+         registered again (its entry in revoked.toml lifts the revocation)"
+    )]
+    Revoked {
+        fingerprint: Fingerprint,
+        revoked_at: String,
+        reason: String,
+    },
     #[error("cannot write {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -360,6 +465,13 @@ pub fn add(
     let org_dir = directory.join(org.as_str());
     let path = org_dir.join(format!("{}.pem", &cert.fingerprint.to_hex()[..16]));
     let existing = Snapshot::read_dir(directory)?;
+    if let Some(r) = existing.revoked(&cert.fingerprint) {
+        return Err(ChangeError::Revoked {
+            fingerprint: cert.fingerprint,
+            revoked_at: r.revoked_at.clone(),
+            reason: r.reason.clone(),
+        });
+    }
     if let Some(entry) = existing.get(&cert.fingerprint)
         && entry.orgs.contains(&org)
     {
@@ -390,6 +502,72 @@ pub fn remove(directory: &Path, fingerprint: &Fingerprint) -> Result<Vec<PathBuf
         })?;
     }
     Ok(entry.files.clone())
+}
+
+/// What [`revoke`] did.
+#[derive(Debug)]
+pub struct Revoked {
+    pub revocation: Revocation,
+    /// The orgs it was registered to, and the files of it that were removed.
+    pub orgs: Vec<OrgId>,
+    pub removed: Vec<PathBuf>,
+}
+
+/// Revokes the certificate with this fingerprint, registered or not: adds it to `revoked.toml`
+/// (atomically, first, so a receiver that reloads in between already refuses it), then removes
+/// every file of it from the org directories.
+pub fn revoke(
+    directory: &Path,
+    fingerprint: &Fingerprint,
+    reason: &str,
+    now: i64,
+) -> Result<Revoked, ChangeError> {
+    let snapshot = Snapshot::read_dir(directory)?;
+    if let Some(r) = snapshot.revoked(fingerprint) {
+        return Err(ChangeError::AlreadyRevoked {
+            fingerprint: *fingerprint,
+            revoked_at: r.revoked_at.clone(),
+        });
+    }
+    let entry = snapshot.get(fingerprint);
+    let revocation = Revocation {
+        fingerprint: fingerprint.to_hex(),
+        revoked_at: format_time(now),
+        reason: reason.to_owned(),
+        subject: entry.map(|e| e.cert.subject.clone()).unwrap_or_default(),
+    };
+    let mut list = RevocationList {
+        certificate: snapshot.revoked.values().cloned().collect(),
+    };
+    list.certificate
+        .sort_by(|a, b| (&a.revoked_at, &a.fingerprint).cmp(&(&b.revoked_at, &b.fingerprint)));
+    list.certificate.push(revocation.clone());
+    let write_err = |path: &Path, source| ChangeError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let text = toml::to_string(&list).map_err(|e| {
+        write_err(
+            &directory.join(REVOKED_FILE),
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    let path = directory.join(REVOKED_FILE);
+    let tmp = directory.join(format!(".{REVOKED_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{REVOKED_HEADER}{text}")).map_err(|e| write_err(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| write_err(&path, e))?;
+    let (orgs, files) = match entry {
+        Some(e) => (e.orgs.clone(), e.files.clone()),
+        None => (Vec::new(), Vec::new()),
+    };
+    for file in &files {
+        std::fs::remove_file(file).map_err(|e| write_err(file, e))?;
+    }
+    Ok(Revoked {
+        revocation,
+        orgs,
+        removed: files,
+    })
 }
 
 /// The live registry: a directory and the snapshot last read from it.

@@ -43,6 +43,12 @@ pub enum HandshakeRefusal {
     NoCertificate,
     #[error("client certificate {0} is not registered to any org")]
     Unknown(Fingerprint),
+    #[error("client certificate {fingerprint} was revoked on {revoked_at}: {reason}")]
+    Revoked {
+        fingerprint: Fingerprint,
+        revoked_at: String,
+        reason: String,
+    },
     #[error("client certificate {0} has expired")]
     Expired(Fingerprint),
     #[error("client certificate {0} is not valid yet")]
@@ -69,6 +75,7 @@ impl HandshakeRefusal {
         match self {
             HandshakeRefusal::NoCertificate => "no_certificate",
             HandshakeRefusal::Unknown(_) => "unknown",
+            HandshakeRefusal::Revoked { .. } => "revoked",
             HandshakeRefusal::Expired(_) => "expired",
             HandshakeRefusal::NotYetValid(_) => "not_yet_valid",
             HandshakeRefusal::UntrustedChain { .. } => "bad_chain",
@@ -681,9 +688,16 @@ impl ClientCertVerifier for RegistryVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let fp = Fingerprint::of_der(end_entity.as_ref());
         let snapshot = self.registry.snapshot();
-        let entry = snapshot
-            .get(&fp)
-            .ok_or(refuse(HandshakeRefusal::Unknown(fp)))?;
+        let Some(entry) = snapshot.get(&fp) else {
+            return Err(refuse(match snapshot.revoked(&fp) {
+                Some(r) => HandshakeRefusal::Revoked {
+                    fingerprint: fp,
+                    revoked_at: r.revoked_at.clone(),
+                    reason: r.reason.clone(),
+                },
+                None => HandshakeRefusal::Unknown(fp),
+            }));
+        };
         let now_secs = now.as_secs() as i64;
         match entry.cert.validity_at(now_secs) {
             Validity::Valid => {}

@@ -326,6 +326,92 @@ fn certs_add_check_list_remove() {
     assert!(!out.status.success());
 }
 
+/// `certs revoke` records the revocation and removes the certificate's files; a revoked
+/// certificate cannot be added again, `certs check` names the revocation, and a second revoke
+/// says when the first was.
+#[test]
+fn certs_revoke() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let cert = self_signed(Spec::new(Key::Rsa2048, "lost laptop"));
+    std::fs::write(dir.join("cert.pem"), &cert.cert_pem).unwrap();
+    let out = obm(dir, &["certs", "add", "--org", ORG_A, "cert.pem"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let fp = cert.fingerprint();
+
+    let revoke = |reason: &str| {
+        obm(
+            dir,
+            &["certs", "revoke", "--fingerprint", &fp, "--reason", reason],
+        )
+    };
+    let out = revoke("laptop lost");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("revoked {fp} (CN=lost laptop")),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("removed "), "{}", text(&out));
+    let list = std::fs::read_to_string(dir.join("orgs/revoked.toml")).unwrap();
+    assert!(list.contains(&fp) && list.contains("laptop lost"), "{list}");
+    assert!(
+        std::fs::read_dir(dir.join("orgs").join(ORG_A))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+
+    let refusals = [
+        (
+            vec!["certs", "add", "--org", ORG_A, "cert.pem"],
+            "was revoked on",
+        ),
+        (vec!["certs", "check", "cert.pem"], "[FAIL] revoked: on"),
+    ];
+    for (args, needle) in refusals {
+        let out = obm(dir, &args);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(needle), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("laptop lost"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    let out = revoke("again");
+    assert!(
+        !out.status.success() && text(&out).contains("is already revoked, since"),
+        "{}",
+        text(&out)
+    );
+    let out = revoke(" ");
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    // A fingerprint never registered can be revoked ahead (say, from a leaked copy).
+    let other = self_signed(Spec::new(Key::EcdsaP256, "leaked"));
+    let out = obm(
+        dir,
+        &[
+            "certs",
+            "revoke",
+            "--fingerprint",
+            &other.fingerprint(),
+            "--reason",
+            "leaked",
+        ],
+    );
+    assert!(
+        out.status.success() && text(&out).contains("it was not registered to any org"),
+        "{}",
+        text(&out)
+    );
+    let list = std::fs::read_to_string(dir.join("orgs/revoked.toml")).unwrap();
+    assert!(
+        list.contains(&fp) && list.contains(&other.fingerprint()),
+        "{list}"
+    );
+}
+
 #[tokio::test]
 async fn the_registry_reloads_while_serving() {
     let server = TestServer::start().await;
@@ -400,6 +486,84 @@ async fn the_registry_reloads_while_serving() {
             "{refused} was refused but stored: {stored:?}"
         );
     }
+    server.stop().await;
+}
+
+/// A revoked certificate is refused by name: on the connection already open (403, the fault
+/// says revoked, when and why), at a new handshake (counted as `revoked`), and still when a copy
+/// of it is put back in an org directory. A revocation list that cannot be read un-revokes
+/// nothing: the reload fails and the registry in force stays.
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_by_name() {
+    let server = TestServer::start().await;
+    let a = self_signed(Spec::new(Key::EcdsaP256, "a"));
+    let orgs = server.orgs_dir();
+    write_registered(&orgs, ORG_A, "a", &a);
+    server.state.registry.reload().unwrap();
+    let client = server.client(Some(&a));
+    let mut open = client.connect().await.unwrap();
+    open.ack(ORG_A, &[nid(1)]).await;
+
+    let fp = obm_gate::ids::Fingerprint::parse(&a.fingerprint()).unwrap();
+    let done = obm_gate::registry::revoke(&orgs, &fp, "key compromised", 1_796_000_000).unwrap();
+    assert_eq!(done.orgs.len(), 1);
+    assert_eq!(done.removed.len(), 1);
+    // (The watcher reloads too; this makes the next request see the revocation.)
+    server.state.registry.reload().unwrap();
+    let refusal = open.post(&message(ORG_A, &[nid(2)])).await.unwrap();
+    assert_eq!(refusal.status, 403, "{refusal:?}");
+    let fault = refusal.faultstring();
+    assert!(
+        fault.contains("was revoked on 2026-11-30") && fault.contains("key compromised"),
+        "{fault}"
+    );
+    let metrics = &server.state.metrics;
+    assert_eq!(metrics.requests_with(403, "certificate_revoked"), 1);
+
+    // A full handshake is refused, and counted as revoked, not as unknown.
+    let fresh = || server.client(Some(&a));
+    assert!(fresh().post(&message(ORG_A, &[nid(100)])).await.is_err());
+    eventually("the handshake counted", WAIT, || {
+        metrics.handshakes_with("refused", "revoked") == 1
+    })
+    .await;
+    // A copy put back is not loaded.
+    write_registered(&orgs, ORG_A, "a-again", &a);
+    let snapshot = server.state.registry.reload().unwrap();
+    assert!(snapshot.get(&fp).is_none());
+    assert!(
+        snapshot
+            .problems
+            .iter()
+            .any(|p| p.reason.contains("was revoked on")),
+        "{:?}",
+        snapshot.problems
+    );
+    assert!(fresh().post(&message(ORG_A, &[nid(101)])).await.is_err());
+    eventually("the second handshake counted", WAIT, || {
+        metrics.handshakes_with("refused", "revoked") == 2
+    })
+    .await;
+    // A broken list fails the reload; the revocation stays in force.
+    std::fs::write(
+        orgs.join("revoked.toml"),
+        "[[certificate]]\nfingerprint = 1\n",
+    )
+    .unwrap();
+    let err = server.state.registry.reload().unwrap_err().to_string();
+    assert!(err.contains("revoked.toml cannot be read"), "{err}");
+    assert!(fresh().post(&message(ORG_A, &[nid(102)])).await.is_err());
+    eventually("the third handshake counted", WAIT, || {
+        metrics.handshakes_with("refused", "revoked") == 3
+    })
+    .await;
+    assert_eq!(metrics.handshakes_with("refused", "unknown"), 0);
+    let stored: Vec<String> = server
+        .stored()
+        .into_iter()
+        .map(|s| s.notification_id)
+        .collect();
+    assert_eq!(stored, [nid(1)]);
     server.stop().await;
 }
 
