@@ -133,8 +133,11 @@ enum CertsCommand {
         #[arg(long)]
         json: bool,
         /// Only certificates expiring within this many days.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "revoked")]
         expiring_within: Option<i64>,
+        /// The revoked certificates instead (`certs revoke`), oldest revocation first.
+        #[arg(long)]
+        revoked: bool,
     },
     /// Remove a certificate from every org it is registered to.
     Remove {
@@ -457,10 +460,27 @@ mod certificates {
                 config: c,
                 json,
                 expiring_within,
+                revoked,
             } => {
                 let cfg = config(c.as_deref())?;
                 let snapshot =
                     Snapshot::read_dir(&cfg.registry.directory).map_err(Failure::failed)?;
+                if revoked {
+                    let mut list: Vec<_> = snapshot.revocations().collect();
+                    list.sort_by(|a, b| {
+                        (&a.revoked_at, &a.fingerprint).cmp(&(&b.revoked_at, &b.fingerprint))
+                    });
+                    for r in list {
+                        match json {
+                            true => println!("{}", serde_json::json!(r)),
+                            false => println!(
+                                "{}  revoked_at={}  reason={:?}  {}",
+                                r.fingerprint, r.revoked_at, r.reason, r.subject
+                            ),
+                        }
+                    }
+                    return Ok(());
+                }
                 let now = now_secs();
                 let mut rows: Vec<_> = snapshot
                     .iter()

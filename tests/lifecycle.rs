@@ -410,6 +410,32 @@ fn certs_revoke() {
         list.contains(&fp) && list.contains(&other.fingerprint()),
         "{list}"
     );
+    let out = obm(dir, &["certs", "list", "--revoked", "--json"]);
+    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 2, "{}", text(&out));
+    let revoked: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|l| {
+            (
+                l["fingerprint"].as_str().unwrap(),
+                l["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        revoked.contains(&(fp.as_str(), "laptop lost")),
+        "{revoked:?}"
+    );
+    assert!(
+        revoked.contains(&(other.fingerprint().as_str(), "leaked")),
+        "{revoked:?}"
+    );
+    // The registered list no longer has it.
+    let out = obm(dir, &["certs", "list"]);
+    assert!(!text(&out).contains(&fp), "{}", text(&out));
 }
 
 #[tokio::test]
