@@ -466,11 +466,7 @@ mod certificates {
                 let snapshot =
                     Snapshot::read_dir(&cfg.registry.directory).map_err(Failure::failed)?;
                 if revoked {
-                    let mut list: Vec<_> = snapshot.revocations().collect();
-                    list.sort_by(|a, b| {
-                        (&a.revoked_at, &a.fingerprint).cmp(&(&b.revoked_at, &b.fingerprint))
-                    });
-                    for r in list {
+                    for r in snapshot.revocations() {
                         match json {
                             true => println!("{}", serde_json::json!(r)),
                             false => println!(

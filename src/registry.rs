@@ -243,9 +243,11 @@ impl Snapshot {
         self.revoked.get(fp)
     }
 
-    /// Every revocation, in no order.
-    pub fn revocations(&self) -> impl Iterator<Item = &Revocation> {
-        self.revoked.values()
+    /// Every revocation, oldest first.
+    pub fn revocations(&self) -> Vec<&Revocation> {
+        let mut list: Vec<_> = self.revoked.values().collect();
+        list.sort_by(|a, b| (&a.revoked_at, &a.fingerprint).cmp(&(&b.revoked_at, &b.fingerprint)));
+        list
     }
 
     pub fn get(&self, fp: &Fingerprint) -> Option<&Registered> {
@@ -429,7 +431,7 @@ pub enum ChangeError {
     },
     #[error(
         "certificate {fingerprint} was revoked on {revoked_at} ({reason}); it cannot be \
-         registered again (its entry in revoked.toml lifts the revocation)"
+         registered again (deleting its entry from revoked.toml lifts the revocation)"
     )]
     Revoked {
         fingerprint: Fingerprint,
@@ -537,10 +539,8 @@ pub fn revoke(
         subject: entry.map(|e| e.cert.subject.clone()).unwrap_or_default(),
     };
     let mut list = RevocationList {
-        certificate: snapshot.revoked.values().cloned().collect(),
+        certificate: snapshot.revocations().into_iter().cloned().collect(),
     };
-    list.certificate
-        .sort_by(|a, b| (&a.revoked_at, &a.fingerprint).cmp(&(&b.revoked_at, &b.fingerprint)));
     list.certificate.push(revocation.clone());
     let write_err = |path: &Path, source| ChangeError::Write {
         path: path.to_owned(),
