@@ -309,9 +309,9 @@ pub fn check_server_certificate(state: &AppState, server_cert: &ServerCert) {
             subject = %leaf.subject,
             not_after = %not_after,
             days_left = days,
-            "the server certificate{which} expires within {} days (or has expired): Salesforce \
-             refuses to deliver to it; renew [tls] certificate {file} and its key (a renewed \
-             file is served at once)",
+            "the server certificate{which} expires within {} days (or has expired, and then \
+             Salesforce delivers nothing): renew [tls] certificate {file} and its key (a \
+             renewed file is served at once)",
             registry.expiry_error_days
         );
     } else if days < registry.expiry_warning_days as i64 {
