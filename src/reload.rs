@@ -290,10 +290,7 @@ pub fn check_server_certificate(state: &AppState, server_cert: &ServerCert) {
         return;
     };
     state.metrics.server_certificate_expiry.set(first.not_after);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = unix_now();
     let days = first.days_left(now);
     let registry = &state.config.registry;
     let which = if std::ptr::eq(first, leaf) {
@@ -327,13 +324,18 @@ pub fn check_server_certificate(state: &AppState, server_cert: &ServerCert) {
     }
 }
 
+/// Seconds since the Unix epoch, as certificate validity is kept.
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// Logs a warning for each certificate expiring within `expiry_warning_days` and an error
 /// within `expiry_error_days` (or already expired).
 pub fn log_expiring(state: &AppState) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = unix_now();
     check_expiry(
         &state.registry.snapshot(),
         state.config.registry.expiry_warning_days as i64,

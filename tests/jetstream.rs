@@ -832,15 +832,11 @@ async fn the_publisher_authenticates_with_a_creds_file() {
     assert_eq!(metric(&metrics, broken), 1.0, "{metrics}");
     // Mended, the file is usable again.
     std::fs::write(&soon_path, &soon).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually_async("the mended file", Duration::from_secs(10), async || {
         let (_, metrics) = http_get(receiver.admin, "/metrics").await;
-        if metric(&metrics, broken) == 0.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still broken: {metrics}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        metric(&metrics, broken) == 0.0
+    })
+    .await;
     // A renewal is put in use at once, said in the log, and its mode is checked again (this
     // one is 0644 too: a second warning).
     let loose = "[jetstream] credentials_file: every user of this machine can read";
@@ -928,22 +924,13 @@ async fn a_renewed_creds_file_is_put_in_use_at_once() {
     client.ack(ORG_A, &[nid(1)]).await;
     let state = server.state.clone();
     // Waits until /metrics shows `series` at `value`.
-    let metric_becomes = |series: String, value: f64| {
-        let state = state.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let (_, metrics) = admin_get(&state, "/metrics").await;
-                if metrics.contains(&series) && metric(&metrics, &series) == value {
-                    return;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{series} is not {value}: {metrics}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+    let metric_becomes = async |series: String, value: f64| {
+        let what = format!("{series} at {value}");
+        eventually_async(&what, Duration::from_secs(10), async || {
+            let (_, metrics) = admin_get(&state, "/metrics").await;
+            metrics.contains(&series) && metric(&metrics, &series) == value
+        })
+        .await
     };
     // The renewal, as a secrets manager writes it: a new file moved into place.
     let put_in_place = |text: &str| {

@@ -474,6 +474,7 @@ async fn the_registry_reloads_while_serving() {
     let mut n = 100;
     eventually_async(
         "removed certificate refused on the open connection",
+        WAIT,
         async || {
             n += 1;
             open_a
@@ -594,23 +595,18 @@ async fn a_revoked_certificate_is_refused_by_name() {
 }
 
 async fn accepted_within(client: &Client, org: &str, id: usize) {
-    eventually_async("certificate accepted after being copied in", async || {
-        client
-            .post(&message(org, &[nid(id)]))
-            .await
-            .map(|r| r.is_ack())
-            .unwrap_or(false)
-    })
+    eventually_async(
+        "certificate accepted after being copied in",
+        WAIT,
+        async || {
+            client
+                .post(&message(org, &[nid(id)]))
+                .await
+                .map(|r| r.is_ack())
+                .unwrap_or(false)
+        },
+    )
     .await;
-}
-
-/// Retries an async check until it holds, for at most 5 s.
-async fn eventually_async(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let end = std::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(std::time::Instant::now() < end, "not within 5 s: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -635,7 +631,7 @@ async fn a_server_certificate_swapped_on_disk_is_served_to_new_connections() {
 
     // A client that trusts only the new certificate gets through once it is picked up.
     let trusting_new = Client::new(server.addr, cert.der(), Some(&id), None);
-    eventually_async("the new server certificate is served", async || {
+    eventually_async("the new server certificate is served", WAIT, async || {
         trusting_new
             .post(&message(ORG_A, &[nid(1)]))
             .await

@@ -616,6 +616,19 @@ pub async fn eventually(what: &str, deadline: Duration, mut cond: impl FnMut() -
     }
 }
 
+/// [`eventually`] for a check that awaits (a request, say): retried every 50 ms.
+pub async fn eventually_async(
+    what: &str,
+    deadline: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) {
+    let end = Instant::now() + deadline;
+    while !check().await {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// GET on the admin listener; returns the status and body.
 pub async fn admin_get(state: &AppState, path: &str) -> (u16, String) {
     http_get(
