@@ -517,9 +517,9 @@ async fn the_registry_reloads_while_serving() {
 }
 
 /// A revoked certificate is refused by name: on the connection already open (403, the fault
-/// says revoked, when and why), at a new handshake (counted as `revoked`), and still when a copy
-/// of it is put back in an org directory. A revocation list that cannot be read un-revokes
-/// nothing: the reload fails and the registry in force stays.
+/// says revoked, when and why), on a resumed session, at a new handshake (counted as
+/// `revoked`), and still when a copy of it is put back in an org directory. A revocation list
+/// that cannot be read un-revokes nothing: the reload fails and the registry in force stays.
 #[tokio::test]
 async fn a_revoked_certificate_is_refused_by_name() {
     let server = TestServer::start().await;
@@ -546,6 +546,13 @@ async fn a_revoked_certificate_is_refused_by_name() {
     );
     let metrics = &server.state.metrics;
     assert_eq!(metrics.requests_with(403, "certificate_revoked"), 1);
+    // A new connection that resumes the earlier session skips the certificate check of the
+    // handshake: the request check refuses it by name.
+    let resumed = client.post(&message(ORG_A, &[nid(3)])).await.unwrap();
+    assert_eq!(resumed.status, 403, "{resumed:?}");
+    let fault = resumed.faultstring();
+    assert!(fault.contains("was revoked on 2026-11-30"), "{fault}");
+    assert_eq!(metrics.requests_with(403, "certificate_revoked"), 2);
 
     // A full handshake is refused, and counted as revoked, not as unknown.
     let fresh = || server.client(Some(&a));
