@@ -160,6 +160,15 @@ enum CertsCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Lift a revocation made by mistake. The certificate is not registered again: `certs add`
+    /// can do that now.
+    Unrevoke {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// SHA-256 fingerprint (hex, colons allowed).
+        #[arg(long)]
+        fingerprint: String,
+    },
     /// Would the receiver accept this certificate now? Exits 1 if not.
     Check {
         #[arg(long)]
@@ -564,6 +573,21 @@ mod certificates {
                 println!(
                     "a running receiver refuses it from its next reload (at once when it watches {})",
                     cfg.registry.directory.display()
+                );
+                Ok(())
+            }
+            CertsCommand::Unrevoke {
+                config: c,
+                fingerprint,
+            } => {
+                let cfg = config(c.as_deref())?;
+                let fp = Fingerprint::parse(&fingerprint).map_err(Failure::usage)?;
+                let lifted =
+                    registry::unrevoke(&cfg.registry.directory, &fp).map_err(Failure::failed)?;
+                println!(
+                    "lifted the revocation of {fp} ({}), revoked on {} ({}); `certs add` can \
+                     register it again",
+                    lifted.subject, lifted.revoked_at, lifted.reason
                 );
                 Ok(())
             }

@@ -55,7 +55,8 @@ struct RevocationList {
 const REVOKED_HEADER: &str = "\
 # Certificates revoked with `obm-gate certs revoke`. The receiver refuses each of them (reason
 # \"revoked\"), at the handshake and on connections already open, whatever org directory holds
-# a copy, and `certs add` will not register one again. Removing an entry lifts its revocation.
+# a copy, and `certs add` will not register one again. `obm-gate certs unrevoke` (or removing
+# an entry) lifts its revocation.
 
 ";
 
@@ -424,6 +425,8 @@ pub enum ChangeError {
     AlreadyRegistered { org: OrgId, path: PathBuf },
     #[error("no registered certificate has fingerprint {0}")]
     NotRegistered(Fingerprint),
+    #[error("certificate {0} is not revoked (`certs list --revoked` lists the revocations)")]
+    NotRevoked(Fingerprint),
     #[error("certificate {fingerprint} is already revoked, since {revoked_at}")]
     AlreadyRevoked {
         fingerprint: Fingerprint,
@@ -431,7 +434,7 @@ pub enum ChangeError {
     },
     #[error(
         "certificate {fingerprint} was revoked on {revoked_at} ({reason}); it cannot be \
-         registered again (deleting its entry from revoked.toml lifts the revocation)"
+         registered again (`certs unrevoke` lifts the revocation)"
     )]
     Revoked {
         fingerprint: Fingerprint,
@@ -538,36 +541,61 @@ pub fn revoke(
         reason: reason.to_owned(),
         subject: entry.map(|e| e.cert.subject.clone()).unwrap_or_default(),
     };
-    let mut list = RevocationList {
-        certificate: snapshot.revocations().into_iter().cloned().collect(),
-    };
-    list.certificate.push(revocation.clone());
-    let write_err = |path: &Path, source| ChangeError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let text = toml::to_string(&list).map_err(|e| {
-        write_err(
-            &directory.join(REVOKED_FILE),
-            std::io::Error::other(e.to_string()),
-        )
-    })?;
-    let path = directory.join(REVOKED_FILE);
-    let tmp = directory.join(format!(".{REVOKED_FILE}.tmp"));
-    std::fs::write(&tmp, format!("{REVOKED_HEADER}{text}")).map_err(|e| write_err(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| write_err(&path, e))?;
+    let mut list: Vec<Revocation> = snapshot.revocations().into_iter().cloned().collect();
+    list.push(revocation.clone());
+    write_revocations(directory, list)?;
     let (orgs, files) = match entry {
         Some(e) => (e.orgs.clone(), e.files.clone()),
         None => (Vec::new(), Vec::new()),
     };
     for file in &files {
-        std::fs::remove_file(file).map_err(|e| write_err(file, e))?;
+        std::fs::remove_file(file).map_err(|e| ChangeError::Write {
+            path: file.clone(),
+            source: e,
+        })?;
     }
     Ok(Revoked {
         revocation,
         orgs,
         removed: files,
     })
+}
+
+/// Lifts the revocation of the certificate with this fingerprint: removes its entry from
+/// `revoked.toml` (atomically) and returns it. The certificate is not registered again; `certs
+/// add` can do that now.
+pub fn unrevoke(directory: &Path, fingerprint: &Fingerprint) -> Result<Revocation, ChangeError> {
+    let snapshot = Snapshot::read_dir(directory)?;
+    let lifted = snapshot
+        .revoked(fingerprint)
+        .cloned()
+        .ok_or(ChangeError::NotRevoked(*fingerprint))?;
+    let list = snapshot
+        .revocations()
+        .into_iter()
+        .filter(|r| r.fingerprint != lifted.fingerprint)
+        .cloned()
+        .collect();
+    write_revocations(directory, list)?;
+    Ok(lifted)
+}
+
+/// Replaces `revoked.toml` with `list`: a temporary file, then a rename, so a receiver that
+/// reloads meanwhile reads the old list or the new one, never half of one.
+fn write_revocations(directory: &Path, list: Vec<Revocation>) -> Result<(), ChangeError> {
+    let path = directory.join(REVOKED_FILE);
+    let text =
+        toml::to_string(&RevocationList { certificate: list }).map_err(|e| ChangeError::Write {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let tmp = directory.join(format!(".{REVOKED_FILE}.tmp"));
+    let write_err = |path: &Path, source| ChangeError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::write(&tmp, format!("{REVOKED_HEADER}{text}")).map_err(|e| write_err(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| write_err(&path, e))
 }
 
 /// The live registry: a directory and the snapshot last read from it.

@@ -328,7 +328,7 @@ fn certs_add_check_list_remove() {
 
 /// `certs revoke` records the revocation and removes the certificate's files; a revoked
 /// certificate cannot be added again, `certs check` names the revocation, and a second revoke
-/// says when the first was.
+/// says when the first was. `certs unrevoke` lifts one revocation and leaves the others.
 #[test]
 fn certs_revoke() {
     let work = tempfile::tempdir().unwrap();
@@ -436,6 +436,32 @@ fn certs_revoke() {
     // The registered list no longer has it.
     let out = obm(dir, &["certs", "list"]);
     assert!(!text(&out).contains(&fp), "{}", text(&out));
+
+    // A revocation made by mistake is lifted; the other stays, and the certificate can be added.
+    let unrevoke = || obm(dir, &["certs", "unrevoke", "--fingerprint", &fp]);
+    let out = unrevoke();
+    assert!(
+        out.status.success()
+            && text(&out).contains(&format!("lifted the revocation of {fp} (CN=lost laptop"))
+            && text(&out).contains("(laptop lost)"),
+        "{}",
+        text(&out)
+    );
+    let list = std::fs::read_to_string(dir.join("orgs/revoked.toml")).unwrap();
+    assert!(
+        !list.contains(&fp) && list.contains(&other.fingerprint()),
+        "{list}"
+    );
+    let out = unrevoke();
+    assert!(
+        !out.status.success() && text(&out).contains("is not revoked"),
+        "{}",
+        text(&out)
+    );
+    let out = obm(dir, &["certs", "add", "--org", ORG_A, "cert.pem"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = obm(dir, &["certs", "list"]);
+    assert!(text(&out).contains(&fp), "{}", text(&out));
 }
 
 #[tokio::test]
