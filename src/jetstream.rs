@@ -361,6 +361,9 @@ pub struct Publisher {
     link: ArcSwap<Link>,
     /// `[jetstream] nkey_seed_file` or `credentials_file`, if set.
     credentials: Option<CredentialFile>,
+    /// The credential (its identity) that NATS refused at the last [`Publisher::reconnect`],
+    /// until a reconnect succeeds.
+    refused: std::sync::Mutex<Option<String>>,
 }
 
 impl Publisher {
@@ -372,6 +375,7 @@ impl Publisher {
             cfg: cfg.clone(),
             link: ArcSwap::from_pointee(link),
             credentials,
+            refused: std::sync::Mutex::new(None),
         };
         publisher.ensure_stream(cfg).await?;
         Ok(publisher)
@@ -388,15 +392,27 @@ impl Publisher {
         self.link.load().credential.as_deref() != Some(credential.identity())
     }
 
-    /// Opens a new connection with the credential file as it is now and, once NATS has
-    /// accepted it, publishes over it from then on. Publishes begun on the previous connection
-    /// finish there (it closes when the last of them is done), so none is cut off, as it would
-    /// be by reconnecting the one connection. When NATS refuses the new connection, the one in
-    /// use stays.
-    pub async fn reconnect(&self) -> Result<(), JetStreamError> {
-        let link = open(&self.cfg, self.credentials.as_ref()).await?;
-        self.link.store(Arc::new(link));
+    /// Opens a new connection with the credential file as it is now (`renewed`, as just read)
+    /// and, once NATS has accepted it, publishes over it from then on. Publishes begun on the
+    /// previous connection finish there (it closes when the last of them is done), so none is
+    /// cut off, as it would be by reconnecting the one connection. When NATS refuses the new
+    /// connection, the one in use stays, and `renewed` is remembered as refused
+    /// ([`Publisher::was_refused`]).
+    pub async fn reconnect(&self, renewed: &Credential) -> Result<(), JetStreamError> {
+        let opened = open(&self.cfg, self.credentials.as_ref()).await;
+        let refused = opened.is_err().then(|| renewed.identity().to_owned());
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = refused;
+        self.link.store(Arc::new(opened?));
         Ok(())
+    }
+
+    /// NATS refused `credential` at the last [`Publisher::reconnect`].
+    pub fn was_refused(&self, credential: &Credential) -> bool {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+            == Some(credential.identity())
     }
 
     /// Connected to NATS right now (for `/readyz`: a receiver that cannot publish should not

@@ -76,21 +76,25 @@ pub async fn run(
             Some(()) = rx.recv() => {
                 // Let the burst finish, then read once.
                 while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-                reload(&state, &server_cert, "file change").await;
+                reload(&state, &server_cert, Trigger::FileChange).await;
             }
-            Some(()) = recv_hangup(&mut hangup) => reload(&state, &server_cert, "SIGHUP").await,
+            Some(()) = recv_hangup(&mut hangup) => reload(&state, &server_cert, Trigger::Hangup).await,
         }
     }
 }
 
 /// Re-reads the registry, the server certificate and the NATS credential file (a renewed one
 /// is put in use, which waits for NATS to accept it: at most the connect timeout).
-pub async fn reload(state: &AppState, server_cert: &ServerCert, why: &str) {
-    check_nats_credentials(state, Check::Reload).await;
+pub async fn reload(state: &AppState, server_cert: &ServerCert, why: Trigger) {
+    check_nats_credentials(state, Check::Reload(why)).await;
     match state.registry.reload() {
-        Ok(s) => tracing::info!(trigger = why, certificates = s.len(), "registry reloaded"),
+        Ok(s) => tracing::info!(
+            trigger = why.as_str(),
+            certificates = s.len(),
+            "registry reloaded"
+        ),
         Err(e) => {
-            tracing::error!(trigger = why, error = %e, "registry reload failed; the previous registry stays in force")
+            tracing::error!(trigger = why.as_str(), error = %e, "registry reload failed; the previous registry stays in force")
         }
     }
     let tls = &state.config.tls;
@@ -98,7 +102,7 @@ pub async fn reload(state: &AppState, server_cert: &ServerCert, why: &str) {
         Ok(key) => {
             if server_cert.replace(key) {
                 tracing::info!(
-                    trigger = why,
+                    trigger = why.as_str(),
                     certificate = %tls.certificate.display(),
                     "server certificate replaced: new handshakes get it"
                 );
@@ -107,7 +111,7 @@ pub async fn reload(state: &AppState, server_cert: &ServerCert, why: &str) {
             }
         }
         Err(e) => tracing::error!(
-            trigger = why,
+            trigger = why.as_str(),
             error = %e,
             "server certificate reload failed; the previous certificate stays in place"
         ),
@@ -168,8 +172,28 @@ const NATS_JWT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 60 * 60)
 pub enum Check {
     /// At start and daily: the JWT's expiry is logged whatever it is.
     Daily,
-    /// A file changed, or SIGHUP: the expiry is logged when the file was renewed.
-    Reload,
+    /// A reload: the expiry is logged when the file was renewed.
+    Reload(Trigger),
+}
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A watched file or the registry directory changed. A renewed NATS credential file that
+    /// NATS already refused is not tried again: the change was somewhere else.
+    FileChange,
+    /// SIGHUP: the operator asks for everything to be read and tried again.
+    Hangup,
+}
+
+impl Trigger {
+    /// As the reload's log lines name it (`trigger="SIGHUP"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::FileChange => "file change",
+            Trigger::Hangup => "SIGHUP",
+        }
+    }
 }
 
 /// Reads `[jetstream] nkey_seed_file` or `credentials_file` as the next connect to NATS will,
@@ -178,7 +202,8 @@ pub enum Check {
 /// A renewed file (one whose JWT or seed is not the connection's) is put in use at once: a new
 /// connection is opened with it, publishing moves there once NATS has accepted it, and the old
 /// connection closes when its publishes are confirmed. If NATS refuses the renewed file, that
-/// is logged as an error and the connection in use stays, until NATS drops it.
+/// is logged as an error and the connection in use stays, until NATS drops it. A refused file
+/// is tried again when it changes, on SIGHUP, and daily, not on reloads for other files.
 ///
 /// Then the JWT's expiry is exported, and logged (a warning within 30 days, an error once it
 /// has expired). A file that cannot be used leaves the exported expiry as it was: it still
@@ -201,8 +226,13 @@ pub async fn check_nats_credentials(state: &AppState, when: Check) {
     };
     let renewed = publisher.is_renewed(&credential);
     if renewed {
+        if when == Check::Reload(Trigger::FileChange) && publisher.was_refused(&credential) {
+            // Refused and logged already; each try waits for NATS (up to the connect timeout).
+            broken.set(1);
+            return;
+        }
         warn_loose_permissions(file.setting(), file.path());
-        if let Err(e) = publisher.reconnect().await {
+        if let Err(e) = publisher.reconnect(&credential).await {
             broken.set(1);
             tracing::error!(
                 nkey = %credential.nkey,
@@ -232,7 +262,7 @@ pub async fn check_nats_credentials(state: &AppState, when: Check) {
     gauge
         .get_or_create(&labels)
         .set(i64::try_from(expires).unwrap_or(i64::MAX));
-    if when == Check::Reload && !renewed {
+    if when != Check::Daily && !renewed {
         return;
     }
     let at = UNIX_EPOCH + Duration::from_secs(expires);

@@ -13,6 +13,7 @@ use async_nats::jetstream;
 use common::tcp_proxy::Proxy;
 use common::*;
 use obm_gate::config::JetStreamMode;
+use obm_gate::reload::{Trigger, reload};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -902,7 +903,8 @@ async fn the_publisher_authenticates_with_a_creds_file() {
 /// A renewed `.creds` file is put in use at once: a new connection is opened with it, and
 /// publishing moves there without a publish cut off, so the connection that used the first JWT
 /// is closed by the receiver before NATS would drop it at that JWT's expiry. A renewal that
-/// NATS refuses is reported (the gauge) and leaves the connection in use alone.
+/// NATS refuses is reported (the gauge) and leaves the connection in use alone; it is tried
+/// again on SIGHUP, not on a reload for another file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_creds_file_is_put_in_use_at_once() {
     let nats = OperatorNats::start();
@@ -943,18 +945,34 @@ async fn a_renewed_creds_file_is_put_in_use_at_once() {
         user.public_key()
     );
 
+    let log = nats.dir.path().join("nats.log");
+    let nats_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let refusals = || nats_log().matches("authentication error").count();
+
     // A file of an account NATS does not trust: refused, and the connection in use stays.
     let stranger = nkeys::KeyPair::new_user();
     put_in_place(&user_creds(&nkeys::KeyPair::new_account(), &stranger, None));
     metric_becomes(broken.into(), 1.0).await;
     client.ack(ORG_A, &[nid(2)]).await;
+    // A reload for a change elsewhere (the registry's, say) does not try the refused file
+    // again: each try waits for NATS. SIGHUP does.
+    let refused = refusals();
+    assert!(refused >= 1, "{}", nats_log());
+    reload(&state, &server.server, Trigger::FileChange).await;
+    assert_eq!(refusals(), refused, "{}", nats_log());
+    metric_becomes(broken.into(), 1.0).await;
+    reload(&state, &server.server, Trigger::Hangup).await;
+    eventually(
+        "SIGHUP tries the refused file again",
+        Duration::from_secs(10),
+        || refusals() > refused,
+    )
+    .await;
 
     let renewed_expiry = now_secs() + 3_600;
     put_in_place(&user_creds(&nats.account, &user, Some(renewed_expiry)));
     metric_becomes(broken.into(), 0.0).await;
     metric_becomes(expiry, renewed_expiry as f64).await;
-    let log = nats.dir.path().join("nats.log");
-    let nats_log = || std::fs::read_to_string(&log).unwrap_or_default();
     // Every message until past the first JWT's expiry is acknowledged at the first try, and
     // NATS expired no connection of the receiver: the one that used the first JWT was closed
     // by the receiver. (With the renewal left to the next reconnect, NATS logs "Authentication

@@ -677,7 +677,12 @@ async fn a_server_certificate_swapped_on_disk_is_served_to_new_connections() {
     // A broken replacement leaves the current certificate in place.
     std::fs::write(server_dir.join("server.pem"), "garbage").unwrap();
     server.state.registry.reload().unwrap();
-    obm_gate::reload::reload(&server.state, &server.server, "test").await;
+    obm_gate::reload::reload(
+        &server.state,
+        &server.server,
+        obm_gate::reload::Trigger::Hangup,
+    )
+    .await;
     trusting_new.ack(ORG_A, &[nid(3)]).await;
     server.stop().await;
 }
