@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 
 use crate::ids::{Fingerprint, OrgId};
-use crate::registry::{Snapshot, Validity};
+use crate::registry::{Revocation, Snapshot, Validity};
 
 /// An org's optional policy, from `<registry>/<OrgId>/policy.toml`. A missing key means no
 /// restriction; an empty list allows nothing.
@@ -54,12 +54,11 @@ pub struct Claims<'a> {
 pub enum AuthzError {
     #[error("client certificate {0} is no longer registered to any org")]
     NotRegistered(Fingerprint),
-    #[error("client certificate {fingerprint} was revoked on {revoked_at}: {reason}")]
-    Revoked {
-        fingerprint: Fingerprint,
-        revoked_at: String,
-        reason: String,
-    },
+    #[error(
+        "client certificate {} was revoked on {}: {}",
+        .0.fingerprint, .0.revoked_at, .0.reason
+    )]
+    Revoked(Revocation),
     #[error("client certificate {0} has expired")]
     Expired(Fingerprint),
     #[error("client certificate {0} is not valid yet")]
@@ -81,7 +80,7 @@ impl AuthzError {
     pub fn label(&self) -> &'static str {
         match self {
             AuthzError::NotRegistered(_) => "certificate_not_registered",
-            AuthzError::Revoked { .. } => "certificate_revoked",
+            AuthzError::Revoked(_) => "certificate_revoked",
             AuthzError::Expired(_) => "certificate_expired",
             AuthzError::NotYetValid(_) => "certificate_not_yet_valid",
             AuthzError::OrgMismatch { .. } => "org_mismatch",
@@ -162,11 +161,7 @@ fn bind_org(
 ) -> Result<(), AuthzError> {
     let Some(entry) = registry.get(certificate) else {
         return Err(match registry.revoked(certificate) {
-            Some(r) => AuthzError::Revoked {
-                fingerprint: *certificate,
-                revoked_at: r.revoked_at.clone(),
-                reason: r.reason.clone(),
-            },
+            Some(r) => AuthzError::Revoked(r.clone()),
             None => AuthzError::NotRegistered(*certificate),
         });
     };

@@ -30,7 +30,7 @@ pub const POLICY_FILE: &str = "policy.toml";
 pub const REVOKED_FILE: &str = "revoked.toml";
 
 /// One revoked certificate, as `revoked.toml` records it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Revocation {
     /// SHA-256 of the certificate, 64 hex digits.
@@ -433,14 +433,11 @@ pub enum ChangeError {
         revoked_at: String,
     },
     #[error(
-        "certificate {fingerprint} was revoked on {revoked_at} ({reason}); it cannot be \
-         registered again (`certs unrevoke` lifts the revocation)"
+        "certificate {} was revoked on {} ({}); it cannot be registered again (`certs unrevoke` \
+         lifts the revocation)",
+        .0.fingerprint, .0.revoked_at, .0.reason
     )]
-    Revoked {
-        fingerprint: Fingerprint,
-        revoked_at: String,
-        reason: String,
-    },
+    Revoked(Revocation),
     #[error("cannot write {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -471,11 +468,7 @@ pub fn add(
     let path = org_dir.join(format!("{}.pem", &cert.fingerprint.to_hex()[..16]));
     let existing = Snapshot::read_dir(directory)?;
     if let Some(r) = existing.revoked(&cert.fingerprint) {
-        return Err(ChangeError::Revoked {
-            fingerprint: cert.fingerprint,
-            revoked_at: r.revoked_at.clone(),
-            reason: r.reason.clone(),
-        });
+        return Err(ChangeError::Revoked(r.clone()));
     }
     if let Some(entry) = existing.get(&cert.fingerprint)
         && entry.orgs.contains(&org)

@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::ids::Fingerprint;
-use crate::registry::{Registry, Validity};
+use crate::registry::{Registry, Revocation, Validity};
 
 /// A server-side TLS stream, after a successful mutual handshake.
 pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
@@ -43,12 +43,11 @@ pub enum HandshakeRefusal {
     NoCertificate,
     #[error("client certificate {0} is not registered to any org")]
     Unknown(Fingerprint),
-    #[error("client certificate {fingerprint} was revoked on {revoked_at}: {reason}")]
-    Revoked {
-        fingerprint: Fingerprint,
-        revoked_at: String,
-        reason: String,
-    },
+    #[error(
+        "client certificate {} was revoked on {}: {}",
+        .0.fingerprint, .0.revoked_at, .0.reason
+    )]
+    Revoked(Revocation),
     #[error("client certificate {0} has expired")]
     Expired(Fingerprint),
     #[error("client certificate {0} is not valid yet")]
@@ -75,7 +74,7 @@ impl HandshakeRefusal {
         match self {
             HandshakeRefusal::NoCertificate => "no_certificate",
             HandshakeRefusal::Unknown(_) => "unknown",
-            HandshakeRefusal::Revoked { .. } => "revoked",
+            HandshakeRefusal::Revoked(_) => "revoked",
             HandshakeRefusal::Expired(_) => "expired",
             HandshakeRefusal::NotYetValid(_) => "not_yet_valid",
             HandshakeRefusal::UntrustedChain { .. } => "bad_chain",
@@ -690,11 +689,7 @@ impl ClientCertVerifier for RegistryVerifier {
         let snapshot = self.registry.snapshot();
         let Some(entry) = snapshot.get(&fp) else {
             return Err(refuse(match snapshot.revoked(&fp) {
-                Some(r) => HandshakeRefusal::Revoked {
-                    fingerprint: fp,
-                    revoked_at: r.revoked_at.clone(),
-                    reason: r.reason.clone(),
-                },
+                Some(r) => HandshakeRefusal::Revoked(r.clone()),
                 None => HandshakeRefusal::Unknown(fp),
             }));
         };
