@@ -114,6 +114,15 @@ impl Proc {
     }
 }
 
+/// A test that fails before its `kill` still stops its server (no receiver is left behind
+/// holding its store and using CPU while the other tests run).
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A working directory with the shipped config, pointed at port 0.
 pub fn workdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
