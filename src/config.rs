@@ -276,6 +276,9 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// How long an idle keep-alive connection is kept between requests.
     pub idle_timeout: Duration,
+    /// TLS sessions kept for resumption (TLS 1.2 session IDs, TLS 1.3 tickets: two per full
+    /// TLS 1.3 handshake), about 1 KiB each; the oldest goes first. 0: no resumption.
+    pub tls_session_cache: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,6 +323,7 @@ impl Default for Config {
                 max_connections: 10_000,
                 handshake_timeout: Duration::from_secs(10),
                 idle_timeout: Duration::from_secs(60),
+                tls_session_cache: 10_000,
             },
             log: Log {
                 format: LogFormat::Text,
@@ -447,6 +451,7 @@ pub fn parse(toml_text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
             max_connections: r.get("limits", "max_connections", d.limits.max_connections),
             handshake_timeout: r.get("limits", "handshake_timeout", d.limits.handshake_timeout),
             idle_timeout: r.get("limits", "idle_timeout", d.limits.idle_timeout),
+            tls_session_cache: r.get("limits", "tls_session_cache", d.limits.tls_session_cache),
         },
         log: Log {
             format: r.get("log", "format", d.log.format),
@@ -1080,6 +1085,7 @@ mod tests {
             [limits]
             max_body_bytes = 1024
             idle_timeout = "90s"
+            tls_session_cache = 0
             [registry]
             ca_certificates = ["a.pem"]
         "#;
@@ -1097,6 +1103,7 @@ mod tests {
         assert_eq!(c.listen.address, "127.0.0.1:1234".parse().unwrap());
         assert_eq!(c.limits.max_body_bytes, 1024);
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.limits.tls_session_cache, 0);
         assert_eq!(c.limits.header_read_timeout, Duration::from_millis(250));
         assert_eq!(
             c.registry.ca_certificates,

@@ -110,6 +110,7 @@ impl Server {
             registry.clone(),
             server_cert.clone(),
             &ca::chain_verified_cas(&config),
+            config.limits.tls_session_cache,
         )?;
         let stateless =
             config.jetstream.url.is_some() && config.jetstream.mode == config::JetStreamMode::Only;

@@ -549,6 +549,7 @@ pub fn server_config(
     registry: Arc<Registry>,
     server_cert: Arc<ServerCert>,
     ca_files: &[PathBuf],
+    session_cache: usize,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let verifier = RegistryVerifier::new(registry, ca_files)?;
     let mut config = ServerConfig::builder_with_provider(server_provider())
@@ -559,6 +560,15 @@ pub fn server_config(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Our order, not the client's: see `server_provider`.
     config.ignore_client_order = true;
+    // Resumption skips the verifier; the request path checks the registry again (see `authz`).
+    // rustls keeps 256 sessions unless told otherwise, two per TLS 1.3 handshake: with more
+    // than 128 clients reconnecting in turn, none was ever resumed (BENCHMARKS.md, stop 30).
+    if session_cache == 0 {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    } else {
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(session_cache);
+    }
     Ok(Arc::new(config))
 }
 

@@ -275,6 +275,41 @@ async fn a_removed_certificate_stops_working_on_open_and_resumed_connections() {
     }
 }
 
+/// Sessions are kept for many clients: one client's session is still resumed after 300 other
+/// clients' full handshakes (rustls alone keeps 256 sessions, and a TLS 1.3 handshake leaves
+/// two). `tls_session_cache = 0` turns resumption off.
+#[tokio::test]
+async fn sessions_of_many_clients_are_resumed() {
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let server = TestServer::start().await;
+        let id = self_signed(Spec::new(Key::EcdsaP256, "one of many"));
+        server.register(ORG_A, "a", &id);
+        let client = || Client::new(server.addr, &server.server_cert, Some(&id), Some(version));
+        let first = client();
+        first.ack(ORG_A, &[nid(1)]).await;
+        for _ in 0..300 {
+            // A request makes sure the server has finished the handshake (and stored its
+            // sessions); it is refused, so nothing is stored.
+            let reply = client().post(b"not a SOAP message").await.unwrap();
+            assert_eq!(reply.status, 400, "{reply:?}");
+        }
+        let again = first.connect().await.unwrap();
+        assert!(
+            again.resumed,
+            "{version:?}: the first client's session was dropped"
+        );
+        server.stop().await;
+
+        let server = TestServer::start_with(|c, _| c.limits.tls_session_cache = 0).await;
+        server.register(ORG_A, "a", &id);
+        let client = Client::new(server.addr, &server.server_cert, Some(&id), Some(version));
+        client.ack(ORG_A, &[nid(2)]).await;
+        let again = client.connect().await.unwrap();
+        assert!(!again.resumed, "{version:?}: resumed with the cache off");
+        server.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn store_failure_is_503_and_the_server_keeps_running() {
     let server = TestServer::start().await;
