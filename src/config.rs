@@ -276,8 +276,9 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// How long an idle keep-alive connection is kept between requests.
     pub idle_timeout: Duration,
-    /// TLS sessions kept for resumption (TLS 1.2 session IDs, TLS 1.3 tickets: two per full
-    /// TLS 1.3 handshake), about 1 KiB each; the oldest goes first. 0: no resumption.
+    /// TLS 1.2 sessions kept for clients that resume by session ID (clients that take tickets,
+    /// and every TLS 1.3 client, carry their session in a stateless ticket), about 1 KiB each;
+    /// the oldest goes first. 0: no resumption at all, no tickets either.
     pub tls_session_cache: usize,
 }
 

@@ -561,16 +561,30 @@ pub fn server_config(
     // Our order, not the client's: see `server_provider`.
     config.ignore_client_order = true;
     // Resumption skips the verifier; the request path checks the registry again (see `authz`).
-    // rustls keeps 256 sessions unless told otherwise, two per TLS 1.3 handshake: with more
-    // than 128 clients reconnecting in turn, none was ever resumed (BENCHMARKS.md, stop 30).
+    // Tickets (TLS 1.3, and TLS 1.2 clients that ask for them) are stateless: the session,
+    // encrypted under keys that rotate every 6 hours, travels with the client, so any number of
+    // clients can resume and the server keeps nothing per client. rustls's default, a cache of
+    // 256 sessions with two tickets per TLS 1.3 handshake, resumed none of 400 clients
+    // reconnecting in turn; and a ticket taken from a larger cache costs a scan of the whole
+    // cache (BENCHMARKS.md, stop 30). The cache is left to TLS 1.2 session IDs, which are looked
+    // up, not taken.
     if session_cache == 0 {
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
     } else {
         config.session_storage = rustls::server::ServerSessionMemoryCache::new(session_cache);
+        config.ticketer = aws_lc_rs::Ticketer::new().map_err(|e| TlsError::Setup(e.to_string()))?;
+        config.send_tls13_tickets = TLS13_TICKETS;
     }
     Ok(Arc::new(config))
 }
+
+/// TLS 1.3 tickets sent after a handshake (rustls sends two). Each is a whole encrypted
+/// session, client certificate included (about 1 KiB), and a resumption brings the client a new
+/// one: one is enough for a client that reconnects one connection at a time. A client that
+/// opens several at once resumes one and makes full handshakes for the others, each of which
+/// leaves it a ticket for next time.
+const TLS13_TICKETS: usize = 1;
 
 /// The server's cipher suites, AES-128-GCM with SHA-256 first. Clients (Salesforce's Java,
 /// rustls, curl) usually ask for AES-256-GCM-SHA384 first, but SHA-384 runs without hardware

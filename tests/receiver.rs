@@ -275,9 +275,10 @@ async fn a_removed_certificate_stops_working_on_open_and_resumed_connections() {
     }
 }
 
-/// Sessions are kept for many clients: one client's session is still resumed after 300 other
-/// clients' full handshakes (rustls alone keeps 256 sessions, and a TLS 1.3 handshake leaves
-/// two). `tls_session_cache = 0` turns resumption off.
+/// Sessions of many clients are resumed: one client's session still is after 300 other
+/// clients' full handshakes (rustls's default cache keeps 256 sessions, and a TLS 1.3 handshake
+/// left two; the receiver's tickets are stateless). `tls_session_cache = 0` turns resumption
+/// off.
 #[tokio::test]
 async fn sessions_of_many_clients_are_resumed() {
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
