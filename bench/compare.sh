@@ -170,14 +170,25 @@ wchar() { local w=0; for p in $(work_pids "$1"); do w=$((w + $(awk '/^wchar/ {pr
 rss_kb() { local r=0; for p in $(pids "$1"); do r=$((r + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $r; }
 port() { [ "$1" = nginx ] && echo $NGINX_PORT || echo $GATE_PORT; }
 HZ=$(getconf CLK_TCK)
+# The whole machine's CPU time so far, in ticks: "idle all" (iowait counts as idle: a core
+# waiting for an fsync runs nothing). idle_since BEFORE gives the share of the machine that
+# no process used since BEFORE: left over by the server and the client together.
+cpu_stat() { awk '/^cpu / {print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+idle_since() {
+  local i0=${1% *} a0=${1#* } now; now=$(cpu_stat)
+  python3 -c "print(round((${now% *} - $i0) / max(1, ${now#* } - $a0), 3))"
+}
 
-# record SCENARIO SERVER CLIENT JSON_FROM_CLIENT CPU_TICKS [BYTES_WRITTEN]
+# record SCENARIO SERVER CLIENT JSON_FROM_CLIENT CPU_TICKS [BYTES_WRITTEN [MACHINE_IDLE]]
 record() {
-  python3 - "$1" "$2" "$3" "$4" "$5" "${6:-0}" "$HZ" "$(rss_kb "$2")" "$ROUND" >> "$OUT/results.jsonl" <<'PY'
+  python3 - "$1" "$2" "$3" "$4" "$5" "${6:-0}" "$HZ" "$(rss_kb "$2")" "$ROUND" "${7:-}" >> "$OUT/results.jsonl" <<'PY'
 import json, sys
-scenario, server, client, raw, ticks, wrote, hz, rss, rnd = sys.argv[1:10]
+scenario, server, client, raw, ticks, wrote, hz, rss, rnd, idle = sys.argv[1:11]
 r = json.loads(raw)
 r.update(scenario=scenario, server=server, client=client, round=int(rnd), cpu_seconds=int(ticks) / int(hz), rss_kb=int(rss))
+# The share of the machine's CPU time that nobody used during the run.
+if idle:
+    r["machine_idle"] = float(idle)
 n = r.get("requests") or 0
 r["cpu_ms_per_msg"] = r["cpu_seconds"] * 1000 / n if n else None
 # What the server wrote (store files and sockets) per message, in KB.
@@ -189,17 +200,17 @@ PY
 
 loadgen() { # SCENARIO SERVER ARGS...
   local scenario=$1 server=$2; shift 2
-  local t0 w0 json; t0=$(ticks "$server"); w0=$(wchar "$server")
+  local t0 w0 s0 json; t0=$(ticks "$server"); w0=$(wchar "$server"); s0=$(cpu_stat)
   json=$("$LOADGEN" --addr 127.0.0.1:"$(port "$server")" "${CLIENTS[@]}" --key "$W/client.key" \
     --ca "$W/server.pem" --duration "$DUR" "$@" | tail -n 1)
   record "$scenario" "$server" loadgen "$json" $(( $(ticks "$server") - t0 )) \
-    $(( $(wchar "$server") - w0 ))
+    $(( $(wchar "$server") - w0 )) "$(idle_since "$s0")"
 }
 
 oha_run() { # SCENARIO SERVER CONCURRENCY
-  local scenario=$1 server=$2 c=$3 t0 json
+  local scenario=$1 server=$2 c=$3 t0 s0 json
   "$LOADGEN" --help >/dev/null
-  t0=$(ticks "$server")
+  t0=$(ticks "$server"); s0=$(cpu_stat)
   json=$(oha -z "${DUR}s" -c "$c" --no-tui --output-format json -m POST \
     -H 'SOAPAction: ""' -T 'text/xml; charset=utf-8' -D "$W/one.xml" \
     --cacert "$W/server.pem" --cert "$W/client.pem" --key "$W/client.key" \
@@ -211,12 +222,12 @@ ok = int(codes.get("200", 0))
 print(json.dumps({"mode": "keepalive-same-body", "concurrency": '"$c"', "requests": ok,
   "errors": sum(int(v) for k, v in codes.items() if k != "200"), "seconds": s["total"],
   "rate": ok / s["total"], "p50_ms": p["p50"] * 1000, "p99_ms": p["p99"] * 1000}))')
-  record "$scenario" "$server" oha "$json" $(( $(ticks "$server") - t0 ))
+  record "$scenario" "$server" oha "$json" $(( $(ticks "$server") - t0 )) 0 "$(idle_since "$s0")"
 }
 
 s_time() { # SCENARIO SERVER -new|-reuse
-  local scenario=$1 server=$2 flag=$3 t0 out rate
-  t0=$(ticks "$server")
+  local scenario=$1 server=$2 flag=$3 t0 s0 out rate
+  t0=$(ticks "$server"); s0=$(cpu_stat)
   out=$(openssl s_time -connect 127.0.0.1:"$(port "$server")" "$flag" -time "$DUR" \
     -cert "$W/client.pem" -key "$W/client.key" -CAfile "$W/server.pem" 2>&1 || true)
   rate=$(echo "$out" | sed -n 's/.*connections in .* real seconds, .*//; s/^\([0-9]*\) connections in \([0-9.]*\)s; \([0-9.]*\) connections\/user sec.*/\1 \2/p' | head -n 1)
@@ -224,7 +235,7 @@ s_time() { # SCENARIO SERVER -new|-reuse
   [ -n "$n" ] || { echo "s_time: no result: $out" >&2; return 0; }
   record "$scenario" "$server" "openssl s_time $flag" \
     "{\"mode\":\"s_time$flag\",\"concurrency\":1,\"requests\":$n,\"errors\":0,\"seconds\":$secs,\"rate\":$(python3 -c "print($n/$secs)")}" \
-    $(( $(ticks "$server") - t0 ))
+    $(( $(ticks "$server") - t0 )) 0 "$(idle_since "$s0")"
 }
 
 # One fixed message for oha (obm-gate stores it once; every later one takes the duplicate path).

@@ -93,8 +93,8 @@ if rounds > 1:
     lines.append(f"{rounds} rounds: each figure is the median over the rounds; a ratio is the median of the "
                  "per-round ratios, with their range in brackets.")
     lines.append("")
-lines.append("| scenario | client | nginx msg/s | obm-gate msg/s | ratio | nginx p50 / p99 ms | obm-gate p50 / p99 ms | CPU ms/msg nginx / obm-gate | RSS MiB nginx / obm-gate |")
-lines.append("|---|---|---|---|---|---|---|---|---|")
+lines.append("| scenario | client | nginx msg/s | obm-gate msg/s | ratio | nginx p50 / p99 ms | obm-gate p50 / p99 ms | CPU ms/msg nginx / obm-gate | RSS MiB nginx / obm-gate | machine idle % nginx / obm-gate |")
+lines.append("|---|---|---|---|---|---|---|---|---|---|")
 labels = {
     "a": "(a) full handshake per message",
     "b": "(b) new connection, resumed session",
@@ -117,8 +117,9 @@ for r in rows:
         label += f", c={r.get('concurrency')}"
     lat = lambda x: f"{fmt(med(x, 'p50_ms'), '.2f')} / {fmt(med(x, 'p99_ms'), '.2f')}"
     cpu = lambda x: fmt(med(x, "cpu_ms_per_msg"), ".3f")
+    idle = lambda x: fmt(None if med(x, "machine_idle") is None else med(x, "machine_idle") * 100)
     lines.append(
-        f"| {label} | {r['client']} | {med(n, 'rate'):,.0f} | {med(g, 'rate'):,.0f} | {spread(ratios(n, g), '.2f', '×')} | {lat(n)} | {lat(g)} | {cpu(n)} / {cpu(g)} | {med(n, 'rss_kb') / 1024:.0f} / {med(g, 'rss_kb') / 1024:.0f} |"
+        f"| {label} | {r['client']} | {med(n, 'rate'):,.0f} | {med(g, 'rate'):,.0f} | {spread(ratios(n, g), '.2f', '×')} | {lat(n)} | {lat(g)} | {cpu(n)} / {cpu(g)} | {med(n, 'rss_kb') / 1024:.0f} / {med(g, 'rss_kb') / 1024:.0f} | {idle(n)} / {idle(g)} |"
     )
 lines.append("")
 d = [x for x in find("d", "obm-gate") if x.get("cpu_seconds")]
