@@ -217,12 +217,12 @@ fn http_connection(
     peer: SocketAddr,
     activity: &Arc<Activity>,
 ) -> http1::Connection<TokioIo<ActivityIo>, http::Service> {
-    let service = http::Service(Arc::new(http::Connection {
-        state: state.clone(),
+    let service = http::Service(Arc::new(http::Connection::new(
+        state.clone(),
         peer,
         identity,
-        hooks: activity.clone(),
-    }));
+        activity.clone(),
+    )));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())

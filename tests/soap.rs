@@ -310,6 +310,33 @@ fn notification_count_bounds() {
     );
 }
 
+/// The parser keeps its namespace resolver between the messages of a thread (for its buffers'
+/// room). A prefix that one message declared is unknown to the next, whether the first was
+/// accepted or refused halfway through its declarations' scope.
+#[test]
+fn a_prefix_declared_in_one_message_is_unknown_in_the_next() {
+    let message = |declare: &str, rest: &str| {
+        format!(
+            r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"{declare}><s:Body><n:notifications><n:OrganizationId>00Dxx0000001gPFEAY</n:OrganizationId><n:ActionId>04kxx00000000blCAA</n:ActionId><n:Notification><n:Id>04lxx000000CaShAAK</n:Id><n:sObject xsi:type="sf:Account" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Name>A</sf:Name></n:sObject></n:Notification>{rest}"#
+        )
+        .into_bytes()
+    };
+    let declares = r#" xmlns:n="http://soap.sforce.com/2005/09/outbound""#;
+    let end = "</n:notifications></s:Body></s:Envelope>";
+    let unknown = "error[unexpected_element]: expected <notifications> in http://soap.sforce.com/2005/09/outbound, found <notifications> in another namespace";
+    for first in [
+        message(declares, end),
+        message(declares, "<n:Notification>"),
+    ] {
+        let _ = soap::parse(&first);
+        check(&message("", end), unknown);
+    }
+    check(
+        &message(declares, end),
+        "org=00Dxx0000001gPFEAY action=04kxx00000000blCAA session=- enterprise=- partner=-\n04lxx000000CaShAAK Account Name=\"A\"",
+    );
+}
+
 #[test]
 fn hostile_and_malformed_bodies() {
     let cases: &[(&[u8], &str)] = &[

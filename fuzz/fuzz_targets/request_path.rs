@@ -53,16 +53,16 @@ fn world() -> &'static World {
             accepting: Default::default(),
             admin_address: Default::default(),
         });
-        let conn = Arc::new(Connection {
+        let conn = Arc::new(Connection::new(
             state,
-            peer: "127.0.0.1:40000".parse().unwrap(),
-            identity: obm_gate::tls::ClientIdentity {
+            "127.0.0.1:40000".parse().unwrap(),
+            obm_gate::tls::ClientIdentity {
                 fingerprint: key.1,
                 protocol: "TLSv1.3",
                 cipher: "fuzz".into(),
             },
-            hooks: Arc::new(NoHooks),
-        });
+            Arc::new(NoHooks),
+        ));
         World { runtime, conn, _dir: dir }
     })
 }

@@ -90,7 +90,8 @@ pub struct NewMessage {
     pub org: OrgId,
     pub action_id: String,
     pub certificate: Fingerprint,
-    pub peer: String,
+    /// The sender's address as text, shared by the connection's messages.
+    pub peer: Arc<str>,
     pub notifications: Vec<NewNotification>,
 }
 

@@ -517,7 +517,7 @@ async fn insert_messages(
     let orgs: Vec<&str> = messages.iter().map(|m| m.org.as_str()).collect();
     let actions: Vec<&str> = messages.iter().map(|m| m.action_id.as_str()).collect();
     let fingerprints: Vec<String> = messages.iter().map(|m| m.certificate.to_hex()).collect();
-    let peers: Vec<&str> = messages.iter().map(|m| m.peer.as_str()).collect();
+    let peers: Vec<&str> = messages.iter().map(|m| &*m.peer).collect();
     let (mut owner, mut ids, mut types, mut fields) = (
         Vec::with_capacity(count),
         Vec::with_capacity(count),

@@ -398,7 +398,7 @@ fn write<'m>(
             insert.raw_bind_parameter(1, m.org.as_str())?;
             insert.raw_bind_parameter(3, m.action_id.as_str())?;
             insert.raw_bind_parameter(7, m.certificate.hex().as_str())?;
-            insert.raw_bind_parameter(8, m.peer.as_str())?;
+            insert.raw_bind_parameter(8, &*m.peer)?;
             for n in &m.notifications {
                 insert.raw_bind_parameter(2, n.id.as_str())?;
                 insert.raw_bind_parameter(4, n.object_type.as_str())?;
