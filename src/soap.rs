@@ -254,10 +254,12 @@ pub fn parse(body: &[u8]) -> Result<Message<'_>, SoapError> {
     }
     let mut parser = Parser::new(text, RESOLVER.take().unwrap_or_default());
     let message = parser.message();
-    // Back to the two predefined bindings (`xml`, `xmlns`), whatever the message declared or
-    // wherever it failed, before the next message on this thread gets the resolver.
-    parser.ns.set_level(0);
-    RESOLVER.set(Some(parser.ns));
+    if parser.widest_declaration <= KEEP_RESOLVER_UP_TO {
+        // Back to the two predefined bindings (`xml`, `xmlns`), whatever the message declared
+        // or wherever it failed, before the next message on this thread gets the resolver.
+        parser.ns.set_level(0);
+        RESOLVER.set(Some(parser.ns));
+    }
     message
 }
 
@@ -267,6 +269,13 @@ thread_local! {
     /// instructions of a 1-notification message's 52,000 (callgrind).
     static RESOLVER: Cell<Option<NamespaceResolver>> = const { Cell::new(None) };
 }
+
+/// The resolver keeps the room its buffers grew to. It is kept for the next message only if no
+/// start tag declared more than this many bytes of namespaces (names and URIs; Salesforce's
+/// envelope declares 145): what a thread then holds on to is bounded by [`MAX_DEPTH`] such tags,
+/// 16 KiB of declarations (32 KiB of room at most), and quick-xml's limit of 128 bindings in
+/// scope. A message that declared more leaves its resolver to be dropped.
+const KEEP_RESOLVER_UP_TO: usize = 512;
 
 /// The namespaces the parser cares about; everything else is `Other`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +367,8 @@ struct Parser<'a> {
     /// field of a record has none, and skips the scope work `NsReader` does for each element.
     reader: Reader<&'a [u8]>,
     ns: NamespaceResolver,
+    /// The most bytes of namespace declarations one start tag made (see `KEEP_RESOLVER_UP_TO`).
+    widest_declaration: usize,
     /// The open elements, innermost last (its length is the depth): local name (for truncation
     /// messages), and whether it opened a namespace scope that its end tag closes.
     stack: Vec<(Cow<'a, str>, bool)>,
@@ -374,6 +385,7 @@ impl<'a> Parser<'a> {
             text,
             reader,
             ns,
+            widest_declaration: 0,
             stack: Vec::with_capacity(8),
         }
     }
@@ -472,9 +484,12 @@ impl<'a> Parser<'a> {
         // a tag with more is read a second time.
         let mut prefixed: [Option<Attribute<'_>>; 4] = Default::default();
         let mut count = 0;
+        let mut declared_bytes = 0;
         for attr in start.attributes() {
             let attr = attr.map_err(|e| self.xml_error(e.into()))?;
             if let Some(declared) = attr.key.as_namespace_binding() {
+                declared_bytes += attr.key.as_ref().len() + attr.value.len();
+                self.widest_declaration = self.widest_declaration.max(declared_bytes);
                 self.ns
                     .add(declared, Namespace(&attr.value))
                     .map_err(|e| self.xml_error(e.into()))?;
@@ -934,5 +949,37 @@ fn reborrow<'a>(whole: &'a str, part: &str) -> Cow<'a, str> {
     match whole.get(start..start.wrapping_add(part.len())) {
         Some(slice) if slice.as_ptr() == part.as_ptr() => Cow::Borrowed(slice),
         _ => Cow::Owned(part.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The thread keeps its resolver after a usual message, and drops it after one whose start
+    /// tag declared more than `KEEP_RESOLVER_UP_TO` bytes, accepted or not: what a thread holds
+    /// between messages stays bounded whatever a sender declares.
+    #[test]
+    fn a_resolver_grown_by_a_wide_declaration_is_not_kept() {
+        let org = OrgId::parse("00Dxx0000001gPF").unwrap();
+        let usual = sample_message(&org, "04lxx000000CaShAAK");
+        let wide = usual.replacen(
+            "<soapenv:Envelope ",
+            &format!(r#"<soapenv:Envelope xmlns:pad="urn:{}" "#, "x".repeat(600)),
+            1,
+        );
+        assert!(parse(usual.as_bytes()).is_ok());
+        let kept = RESOLVER.take();
+        assert!(kept.is_some(), "a usual message's resolver is kept");
+        RESOLVER.set(kept);
+
+        assert!(parse(wide.as_bytes()).is_ok());
+        assert!(
+            RESOLVER.take().is_none(),
+            "a wide declaration's resolver is dropped"
+        );
+
+        assert!(parse(usual.as_bytes()).is_ok());
+        assert!(RESOLVER.take().is_some());
     }
 }
