@@ -957,8 +957,8 @@ mod tests {
     use super::*;
 
     /// The thread keeps its resolver after a usual message, and drops it after one whose start
-    /// tag declared more than `KEEP_RESOLVER_UP_TO` bytes, accepted or not: what a thread holds
-    /// between messages stays bounded whatever a sender declares.
+    /// tag declared more than `KEEP_RESOLVER_UP_TO` bytes: what a thread holds between messages
+    /// stays bounded whatever a sender declares.
     #[test]
     fn a_resolver_grown_by_a_wide_declaration_is_not_kept() {
         let org = OrgId::parse("00Dxx0000001gPF").unwrap();
