@@ -117,7 +117,7 @@ for r in rows:
         label += f", c={r.get('concurrency')}"
     lat = lambda x: f"{fmt(med(x, 'p50_ms'), '.2f')} / {fmt(med(x, 'p99_ms'), '.2f')}"
     cpu = lambda x: fmt(med(x, "cpu_ms_per_msg"), ".3f")
-    idle = lambda x: fmt(None if med(x, "machine_idle") is None else med(x, "machine_idle") * 100)
+    idle = lambda x: fmt(None if (share := med(x, "machine_idle")) is None else share * 100)
     lines.append(
         f"| {label} | {r['client']} | {med(n, 'rate'):,.0f} | {med(g, 'rate'):,.0f} | {spread(ratios(n, g), '.2f', '×')} | {lat(n)} | {lat(g)} | {cpu(n)} / {cpu(g)} | {med(n, 'rss_kb') / 1024:.0f} / {med(g, 'rss_kb') / 1024:.0f} | {idle(n)} / {idle(g)} |"
     )
