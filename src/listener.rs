@@ -198,12 +198,15 @@ async fn establish(
             return None;
         }
     };
-    state.metrics.handshake("accepted", "ok");
+    // How it was accepted: whether senders resume their sessions shows in the metric.
+    let kind = if identity.resumed { "resumed" } else { "full" };
+    state.metrics.handshake("accepted", kind);
     tracing::debug!(
         peer = %peer,
         certificate = %identity.fingerprint,
         protocol = identity.protocol,
         cipher = %identity.cipher,
+        handshake = kind,
         "handshake accepted"
     );
     Some((stream, identity, peer))

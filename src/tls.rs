@@ -129,6 +129,9 @@ pub struct ClientIdentity {
     pub fingerprint: Fingerprint,
     pub protocol: &'static str,
     pub cipher: String,
+    /// The handshake resumed an earlier session (a TLS 1.3 ticket or a TLS 1.2 session ID)
+    /// instead of running the certificate exchange again.
+    pub resumed: bool,
 }
 
 /// The negotiated TLS version and cipher suite, for logs and `send`.
@@ -166,6 +169,7 @@ pub async fn accept(
         fingerprint: Fingerprint::of_der(leaf.as_ref()),
         protocol,
         cipher,
+        resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
     };
     Ok((stream, identity))
 }

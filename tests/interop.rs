@@ -279,6 +279,7 @@ import javax.net.ssl.*;
 public class Client {
     public static void main(String[] args) throws Exception {
         String url = args[0], keyStore = args[1], trustStore = args[2];
+        int times = args.length > 3 ? Integer.parseInt(args[3]) : 1;
         char[] pass = "changeit".toCharArray();
         KeyManager[] kms = null;
         if (!keyStore.equals("-")) {
@@ -294,17 +295,22 @@ public class Client {
         tmf.init(ts);
         SSLContext ctx = SSLContext.getInstance("TLS");
         ctx.init(kms, tmf.getTrustManagers(), null);
-        HttpsURLConnection c = (HttpsURLConnection) new URL(url).openConnection();
-        c.setSSLSocketFactory(ctx.getSocketFactory());
-        c.setRequestMethod("POST");
-        c.setDoOutput(true);
-        c.setRequestProperty("Content-Type", "text/xml; charset=utf-8");
-        c.setRequestProperty("SOAPAction", "\"\"");
-        try (OutputStream out = c.getOutputStream()) { out.write(Files.readAllBytes(Paths.get("msg.xml"))); }
-        int code = c.getResponseCode();
-        InputStream body = code < 400 ? c.getInputStream() : c.getErrorStream();
-        System.out.println(code);
-        System.out.println(new String(body.readAllBytes(), "UTF-8"));
+        // One context: a later connection may resume the session of an earlier one.
+        for (int i = 0; i < times; i++) {
+            HttpsURLConnection c = (HttpsURLConnection) new URL(url).openConnection();
+            c.setSSLSocketFactory(ctx.getSocketFactory());
+            c.setRequestMethod("POST");
+            c.setDoOutput(true);
+            c.setRequestProperty("Content-Type", "text/xml; charset=utf-8");
+            c.setRequestProperty("SOAPAction", "\"\"");
+            // Each message on a connection of its own.
+            c.setRequestProperty("Connection", "close");
+            try (OutputStream out = c.getOutputStream()) { out.write(Files.readAllBytes(Paths.get("msg.xml"))); }
+            int code = c.getResponseCode();
+            InputStream body = code < 400 ? c.getInputStream() : c.getErrorStream();
+            System.out.println(code);
+            System.out.println(new String(body.readAllBytes(), "UTF-8"));
+        }
     }
 }
 "#;
@@ -353,11 +359,26 @@ async fn java_https_url_connection_with_pkcs12() {
             .args(["Client.java", &s.url, keystore, "trust.p12"]);
         c
     };
+    let metrics = &s.server.state.metrics;
     for name in ["rsa", "x509"] {
-        let (ok, out) = run(&mut java(&format!("{name}.p12"))).await;
+        let (full, resumed) = (
+            metrics.handshakes_with("accepted", "full"),
+            metrics.handshakes_with("accepted", "resumed"),
+        );
+        // Two connections in one JVM: the second resumes the first's session with its ticket.
+        let (ok, out) = run(java(&format!("{name}.p12")).arg("2")).await;
         assert!(
-            ok && out.starts_with("200\n") && out.contains(obm_gate::soap::ACK),
+            ok && out.matches("200\n").count() == 2
+                && out.matches(obm_gate::soap::ACK).count() == 2,
             "java {name}: {out}"
+        );
+        assert_eq!(
+            (
+                metrics.handshakes_with("accepted", "full") - full,
+                metrics.handshakes_with("accepted", "resumed") - resumed
+            ),
+            (1, 1),
+            "java {name}: one full handshake, then one resumed"
         );
     }
     let before = count(&s.server, "no_certificate");

@@ -56,9 +56,14 @@ async fn metrics_count_exactly_what_happened() {
             r#"obm_gate_handshakes_total{outcome="refused",reason="unknown"}"#,
             1.0,
         ),
+        // One client: its first connection's session is resumed by the next three.
         (
-            r#"obm_gate_handshakes_total{outcome="accepted",reason="ok"}"#,
-            4.0,
+            r#"obm_gate_handshakes_total{outcome="accepted",reason="full"}"#,
+            1.0,
+        ),
+        (
+            r#"obm_gate_handshakes_total{outcome="accepted",reason="resumed"}"#,
+            3.0,
         ),
         ("obm_gate_notifications_stored_total", 2.0),
         ("obm_gate_notifications_duplicate_total", 1.0),

@@ -294,10 +294,19 @@ async fn sessions_of_many_clients_are_resumed() {
             let reply = client().post(b"not a SOAP message").await.unwrap();
             assert_eq!(reply.status, 400, "{reply:?}");
         }
-        let again = first.connect().await.unwrap();
+        let mut again = first.connect().await.unwrap();
         assert!(
             again.resumed,
             "{version:?}: the first client's session was dropped"
+        );
+        // Counted as the server saw them (the reply shows it has finished the handshake): 301
+        // full handshakes, then the one resumption.
+        again.post(b"not a SOAP message").await.unwrap();
+        let handshakes = |kind| server.state.metrics.handshakes_with("accepted", kind);
+        assert_eq!(
+            (handshakes("full"), handshakes("resumed")),
+            (301, 1),
+            "{version:?}"
         );
         server.stop().await;
 
@@ -305,8 +314,16 @@ async fn sessions_of_many_clients_are_resumed() {
         server.register(ORG_A, "a", &id);
         let client = Client::new(server.addr, &server.server_cert, Some(&id), Some(version));
         client.ack(ORG_A, &[nid(2)]).await;
-        let again = client.connect().await.unwrap();
+        let mut again = client.connect().await.unwrap();
         assert!(!again.resumed, "{version:?}: resumed with the cache off");
+        // The server's count agrees: two full handshakes, none resumed.
+        again.post(b"not a SOAP message").await.unwrap();
+        let handshakes = |kind| server.state.metrics.handshakes_with("accepted", kind);
+        assert_eq!(
+            (handshakes("full"), handshakes("resumed")),
+            (2, 0),
+            "{version:?}"
+        );
         server.stop().await;
     }
 }
