@@ -106,9 +106,11 @@ pub async fn reload(state: &AppState, server_cert: &ServerCert, why: Trigger) {
                     certificate = %tls.certificate.display(),
                     "server certificate replaced: new handshakes get it"
                 );
-                warn_loose_permissions("[tls] private_key", &tls.private_key);
                 check_server_certificate(state, server_cert);
             }
+            // On every reload, not only with a new certificate: a `chmod` of the key alone
+            // changes no certificate, and is itself a change the watcher reports.
+            warn_loose_permissions("[tls] private_key", &tls.private_key);
         }
         Err(e) => tracing::error!(
             trigger = why.as_str(),

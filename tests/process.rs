@@ -257,8 +257,9 @@ async fn expiring_certificates_are_logged_and_sighup_reloads() {
 
 /// The server's own certificate is watched like the clients': the first certificate of its
 /// chain to expire is logged at start (an error within `expiry_error_days`) and exported; a
-/// reload that finds the same files changes nothing, and a renewed certificate is served, said
-/// in the log, its key's mode checked and the metric moved. (`tests/lifecycle.rs` shows that
+/// reload that finds the same files changes nothing, a key made readable by all is reported
+/// without a restart, and a renewed certificate is served, said in the log and the metric
+/// moved. (`tests/lifecycle.rs` shows that
 /// new handshakes get the renewed certificate.)
 #[tokio::test]
 async fn the_server_certificate_expiry_is_logged_and_a_renewal_served() {
@@ -313,12 +314,26 @@ async fn the_server_certificate_expiry_is_logged_and_a_renewal_served() {
         "{:?}",
         proc.lines
     );
+    let loose = "[tls] private_key: every user of this machine can read";
+    assert!(!proc.logged(loose), "{:?}", proc.lines);
+
+    // The key made readable by all, and nothing else changed: the watcher's reload says so.
+    let key = server_dir.join("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    eventually("the loose key reported", Duration::from_secs(10), || {
+        proc.logged(loose)
+    })
+    .await;
+    assert!(
+        !proc.logged("server certificate replaced"),
+        "{:?}",
+        proc.lines
+    );
 
     let renewed = ca.issue_loopback_server("gate.example");
-    install(&renewed, "", 0o644);
+    install(&renewed, "", 0o600);
     eventually("the renewal served", Duration::from_secs(10), || {
         proc.logged("server certificate replaced: new handshakes get it")
-            && proc.logged("[tls] private_key: every user of this machine can read")
     })
     .await;
     let (_, metrics) = http_get(proc.admin, "/metrics").await;
