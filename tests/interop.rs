@@ -1,7 +1,8 @@
 //! Interop with real clients that are not ours: curl, openssl s_client, Python's ssl and
 //! http.client, and Java 17's HttpsURLConnection with a PKCS#12 key store (Salesforce's sender
 //! runs on the JVM). Each is acknowledged with a registered RSA-2048 certificate and refused in
-//! the handshake with none or an unregistered one.
+//! the handshake with none or an unregistered one; Java's second connection resumes the first's
+//! session with the receiver's ticket, as the server counts it.
 
 mod common;
 
