@@ -277,6 +277,12 @@ impl TestServer {
             .expect("this server has a local store")
     }
 
+    /// Accepted handshakes so far, as the server counted them: (full, resumed).
+    pub fn handshakes(&self) -> (u64, u64) {
+        let count = |kind| self.state.metrics.handshakes_with("accepted", kind);
+        (count("full"), count("resumed"))
+    }
+
     pub fn stored(&self) -> Vec<obm_gate::store::StoredNotification> {
         obm_gate::store::list(self.store().path(), &Default::default()).unwrap()
     }
