@@ -278,7 +278,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// TLS 1.2 sessions kept for clients that resume by session ID (clients that take tickets,
     /// and every TLS 1.3 client, carry their session in a stateless ticket), 2.3 KiB of memory
-    /// each (BENCHMARKS.md, stop 32); the oldest goes first. 0: no resumption at all, no tickets either.
+    /// each (BENCHMARKS.md, stop 32); the oldest goes first. 0: no resumption at all, no
+    /// tickets either.
     pub tls_session_cache: usize,
 }
 

@@ -259,8 +259,7 @@ async fn expiring_certificates_are_logged_and_sighup_reloads() {
 /// chain to expire is logged at start (an error within `expiry_error_days`) and exported; a
 /// reload that finds the same files changes nothing, a key made readable by all is reported
 /// without a restart, and a renewed certificate is served, said in the log and the metric
-/// moved. (`tests/lifecycle.rs` shows that
-/// new handshakes get the renewed certificate.)
+/// moved. (`tests/lifecycle.rs` shows that new handshakes get the renewed certificate.)
 #[tokio::test]
 async fn the_server_certificate_expiry_is_logged_and_a_renewal_served() {
     use std::os::unix::fs::PermissionsExt;
