@@ -60,6 +60,7 @@ fn world() -> &'static World {
                 fingerprint: key.1,
                 protocol: "TLSv1.3",
                 cipher: "fuzz".into(),
+                resumed: false,
             },
             Arc::new(NoHooks),
         ));
