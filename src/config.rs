@@ -148,6 +148,12 @@ pub struct Tls {
     /// PEM chain, leaf first. Created for `localhost` on first start if it and the key are missing.
     pub certificate: PathBuf,
     pub private_key: PathBuf,
+    /// Log a warning (at start and daily) when the first certificate of the served chain to
+    /// expire does so within this many days. Apart from `[registry]`'s: a server certificate
+    /// is renewed by automation on its own schedule, a client certificate by an org's admin.
+    pub expiry_warning_days: u64,
+    /// Log an error when it expires within this many days (or has expired).
+    pub expiry_error_days: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -156,10 +162,10 @@ pub struct Registry {
     pub directory: PathBuf,
     /// CA certificates whose issued client certificates must chain-verify.
     pub ca_certificates: Vec<PathBuf>,
-    /// Log a warning (at start and daily) for certificates expiring within this many days: the
-    /// registered client certificates, and the server's own chain.
+    /// Log a warning (at start and daily) for registered client certificates expiring within
+    /// this many days. (The server's own chain has `[tls]`'s.)
     pub expiry_warning_days: u64,
-    /// Log an error for certificates expiring within this many days.
+    /// Log an error for client certificates expiring within this many days.
     pub expiry_error_days: u64,
 }
 
@@ -305,6 +311,8 @@ impl Default for Config {
             tls: Tls {
                 certificate: "certs/server/server.pem".into(),
                 private_key: "certs/server/server.key".into(),
+                expiry_warning_days: 30,
+                expiry_error_days: 7,
             },
             registry: Registry {
                 directory: "certs/orgs".into(),
@@ -421,6 +429,8 @@ pub fn parse(toml_text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
         tls: Tls {
             certificate: r.get("tls", "certificate", d.tls.certificate),
             private_key: r.get("tls", "private_key", d.tls.private_key),
+            expiry_warning_days: r.get("tls", "expiry_warning_days", d.tls.expiry_warning_days),
+            expiry_error_days: r.get("tls", "expiry_error_days", d.tls.expiry_error_days),
         },
         registry: Registry {
             directory: r.get("registry", "directory", d.registry.directory),
@@ -682,6 +692,9 @@ fn validate(c: &Config) -> Vec<String> {
     }
     if c.registry.expiry_error_days > c.registry.expiry_warning_days {
         errors.push("[registry] expiry_error_days must not exceed expiry_warning_days".into());
+    }
+    if c.tls.expiry_error_days > c.tls.expiry_warning_days {
+        errors.push("[tls] expiry_error_days must not exceed expiry_warning_days".into());
     }
     if c.tls.certificate.as_os_str().is_empty() || c.tls.private_key.as_os_str().is_empty() {
         errors.push("[tls] certificate and private_key must both be set".into());
@@ -1098,9 +1111,13 @@ mod tests {
                 ("OBM_GATE_LIMITS_HEADER_READ_TIMEOUT", "250ms"),
                 ("OBM_GATE_REGISTRY_CA_CERTIFICATES", "x.pem, y.pem"),
                 ("OBM_GATE_STORE_RETENTION", "30d"),
+                ("OBM_GATE_TLS_EXPIRY_WARNING_DAYS", "12"),
             ]),
         )
         .unwrap();
+        assert_eq!(c.tls.expiry_warning_days, 12);
+        // The server's thresholds and the client certificates' are set apart.
+        assert_eq!(c.registry.expiry_warning_days, 30);
         assert_eq!(c.store.retention, Duration::from_secs(30 * 24 * 3600));
         assert_eq!(c.listen.address, "127.0.0.1:1234".parse().unwrap());
         assert_eq!(c.limits.max_body_bytes, 1024);
@@ -1126,6 +1143,8 @@ mod tests {
             [store]
             retention = "5h"
             ca_certificates = ["db-ca.pem"]
+            [tls]
+            expiry_warning_days = 5
             [bogus]
             x = 1
         "#;
@@ -1143,10 +1162,11 @@ mod tests {
             "[bogus]: unknown section",
             "[store] retention: 5h is shorter than 24h",
             "[store] ca_certificates: check PostgreSQL's certificate",
+            "[tls] expiry_error_days must not exceed expiry_warning_days",
         ] {
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
         }
-        assert_eq!(errors.len(), 9, "{joined}");
+        assert_eq!(errors.len(), 10, "{joined}");
     }
 
     #[test]

@@ -308,9 +308,9 @@ pub fn warn_loose_permissions(setting: &str, path: &Path) {
     }
 }
 
-/// Exports when the first certificate of the served chain expires, and logs it as the client
-/// certificates' expiry is logged (`[registry] expiry_warning_days` and `expiry_error_days`):
-/// when the certificate Salesforce checks expires, every delivery fails.
+/// Exports when the first certificate of the served chain expires, and logs it within `[tls]
+/// expiry_warning_days` and `expiry_error_days`: when the certificate Salesforce checks
+/// expires, every delivery fails.
 pub fn check_server_certificate(state: &AppState, server_cert: &ServerCert) {
     let chain: Vec<CertInfo> = server_cert
         .chain()
@@ -324,7 +324,7 @@ pub fn check_server_certificate(state: &AppState, server_cert: &ServerCert) {
     state.metrics.server_certificate_expiry.set(first.not_after);
     let now = unix_now();
     let days = first.days_left(now);
-    let registry = &state.config.registry;
+    let tls = &state.config.tls;
     let which = if std::ptr::eq(first, leaf) {
         String::new()
     } else {
@@ -332,7 +332,7 @@ pub fn check_server_certificate(state: &AppState, server_cert: &ServerCert) {
     };
     let file = state.config.tls.certificate.display();
     let not_after = format_time(first.not_after);
-    if days < registry.expiry_error_days as i64 {
+    if days < tls.expiry_error_days as i64 {
         tracing::error!(
             certificate = %leaf.fingerprint,
             subject = %leaf.subject,
@@ -341,9 +341,9 @@ pub fn check_server_certificate(state: &AppState, server_cert: &ServerCert) {
             "the server certificate{which} expires within {} days (or has expired, and then \
              Salesforce delivers nothing): renew [tls] certificate {file} and its key (a \
              renewed file is served at once)",
-            registry.expiry_error_days
+            tls.expiry_error_days
         );
-    } else if days < registry.expiry_warning_days as i64 {
+    } else if days < tls.expiry_warning_days as i64 {
         tracing::warn!(
             certificate = %leaf.fingerprint,
             subject = %leaf.subject,
@@ -351,7 +351,7 @@ pub fn check_server_certificate(state: &AppState, server_cert: &ServerCert) {
             days_left = days,
             "the server certificate{which} expires within {} days: renew [tls] certificate \
              {file} and its key (a renewed file is served at once)",
-            registry.expiry_warning_days
+            tls.expiry_warning_days
         );
     }
 }

@@ -344,6 +344,50 @@ async fn the_server_certificate_expiry_is_logged_and_a_renewal_served() {
     proc.kill();
 }
 
+/// The server's chain and the client certificates are warned about by thresholds of their own:
+/// `[tls]` for the one, `[registry]` for the others. Both expire in 20 days here; only the
+/// server's warning (at 25 days) is logged, and the clients' (at 10 days) is not. The clients'
+/// check runs first, so once the server's line is there, the absence of theirs is final.
+#[tokio::test]
+async fn the_server_and_the_clients_have_expiry_thresholds_of_their_own() {
+    let dir = workdir();
+    let server_dir = dir.path().join("certs/server");
+    std::fs::create_dir_all(&server_dir).unwrap();
+    let ca = Ca::new("Server CA");
+    let in_20_days = |cn: &str| {
+        let mut spec = Spec::new(Key::EcdsaP256, cn);
+        spec.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(20);
+        ca.issue(spec)
+    };
+    let server = in_20_days("gate.example");
+    std::fs::write(server_dir.join("server.pem"), &server.cert_pem).unwrap();
+    std::fs::write(server_dir.join("server.key"), &server.key_pem).unwrap();
+    let client = in_20_days("Expiring Client");
+    write_registered(&dir.path().join("certs/orgs"), ORG_A, "sender", &client);
+    let proc = Proc::start_with_env(
+        dir.path(),
+        &[
+            ("OBM_GATE_TLS_EXPIRY_WARNING_DAYS", "25"),
+            ("OBM_GATE_REGISTRY_EXPIRY_WARNING_DAYS", "10"),
+        ],
+    );
+    eventually("the server certificate's warning", Duration::from_secs(5), || {
+        proc.logged("the server certificate expires within 25 days")
+    })
+    .await;
+    assert!(
+        proc.logged(&format!("certificate={}", server.fingerprint())),
+        "{:?}",
+        proc.lines
+    );
+    assert!(
+        !proc.logged("client certificate expires within"),
+        "{:?}",
+        proc.lines
+    );
+    proc.kill();
+}
+
 /// A certificate's notAfter, Unix seconds.
 fn x509_not_after(id: &Identity) -> i64 {
     obm_gate::registry::CertInfo::from_der(id.der.clone())
