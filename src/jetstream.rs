@@ -109,6 +109,7 @@ pub struct CredentialFile {
 }
 
 /// What one read of a [`CredentialFile`] gave.
+#[derive(Clone)]
 pub struct Credential {
     pair: nkeys::KeyPair,
     /// The user JWT, of a `.creds` file.
@@ -123,6 +124,18 @@ impl Credential {
     /// What tells one credential from another: the user JWT, or the seed's public key.
     fn identity(&self) -> &str {
         self.jwt.as_deref().unwrap_or(&self.nkey)
+    }
+
+    /// The answer to NATS's challenge `nonce`: the nonce signed, with the JWT or the NKey.
+    fn answer(self, nonce: &[u8]) -> Result<async_nats::Auth, async_nats::AuthError> {
+        let signature = self.pair.sign(nonce).map_err(async_nats::AuthError::new)?;
+        let mut auth = async_nats::Auth::new();
+        match self.jwt {
+            Some(jwt) => auth.jwt = Some(jwt),
+            None => auth.nkey = Some(self.nkey),
+        }
+        auth.signature = Some(signature);
+        Ok(auth)
     }
 }
 
@@ -214,17 +227,7 @@ impl CredentialFile {
     /// The answer to NATS's challenge, from a fresh read of the file.
     fn authenticate(&self, nonce: &[u8]) -> Result<async_nats::Auth, async_nats::AuthError> {
         let credential = self.read().map_err(async_nats::AuthError::new)?;
-        let signature = credential
-            .pair
-            .sign(nonce)
-            .map_err(async_nats::AuthError::new)?;
-        let mut auth = async_nats::Auth::new();
-        match credential.jwt {
-            Some(jwt) => auth.jwt = Some(jwt),
-            None => auth.nkey = Some(credential.nkey),
-        }
-        auth.signature = Some(signature);
-        Ok(auth)
+        credential.answer(nonce)
     }
 }
 
@@ -251,12 +254,14 @@ fn jwt_claims(jwt: &str) -> Option<Claims> {
     serde_json::from_slice(&json).ok()
 }
 
-/// Connects to NATS as `[jetstream]` says: TLS when asked for, and the credential file read
-/// again at every connect of the connection's life, so a reconnect after NATS drops it uses the
-/// file as it is then.
+/// Connects to NATS as `[jetstream]` says: TLS when asked for, and with the credential file's
+/// `read` (or, without one, what the file holds now). The connect presents that very read,
+/// so the identity the link records is the one NATS accepted (or refused); each reconnect of
+/// the connection's life after NATS drops it reads the file again, and uses it as it is then.
 async fn open(
     cfg: &config::JetStream,
     credentials: Option<&CredentialFile>,
+    read: Option<Credential>,
 ) -> Result<Link, JetStreamError> {
     let url = cfg.url.clone().unwrap_or_default();
     let shown = config::redact_url(&url);
@@ -278,16 +283,28 @@ async fn open(
         .map_err(|e| fail(format!("[jetstream] TLS: {e}")))?;
     let (options, auth, credential) = match credentials {
         Some(file) => {
-            let credential = file.read().map_err(fail)?;
+            let credential = match read {
+                Some(credential) => credential,
+                None => file.read().map_err(fail)?,
+            };
             let used = credential.identity().to_owned();
             let auth = match file.kind {
-                CredentialKind::Seed => Auth::Nkey(credential.nkey),
-                CredentialKind::Creds => Auth::Creds(credential.nkey),
+                CredentialKind::Seed => Auth::Nkey(credential.nkey.clone()),
+                CredentialKind::Creds => Auth::Creds(credential.nkey.clone()),
             };
             let file = file.clone();
+            // The first connect answers with `credential`; reading the file again there could
+            // present another identity than the one recorded as used.
+            let first = std::sync::Mutex::new(Some(credential));
             let options = async_nats::ConnectOptions::with_auth_callback(move |nonce| {
+                let first = first.lock().unwrap_or_else(|e| e.into_inner()).take();
                 let file = file.clone();
-                async move { file.authenticate(&nonce) }
+                async move {
+                    match first {
+                        Some(credential) => credential.answer(&nonce),
+                        None => file.authenticate(&nonce),
+                    }
+                }
             });
             (options, auth, Some(used))
         }
@@ -370,7 +387,7 @@ impl Publisher {
     /// Connects, then creates the stream or checks the existing one.
     pub async fn connect(cfg: &config::JetStream) -> Result<Publisher, JetStreamError> {
         let credentials = CredentialFile::from_config(cfg);
-        let link = open(cfg, credentials.as_ref()).await?;
+        let link = open(cfg, credentials.as_ref(), None).await?;
         let publisher = Publisher {
             cfg: cfg.clone(),
             link: ArcSwap::from_pointee(link),
@@ -392,14 +409,15 @@ impl Publisher {
         self.link.load().credential.as_deref() != Some(credential.identity())
     }
 
-    /// Opens a new connection with the credential file as it is now (`renewed`, as just read)
-    /// and, once NATS has accepted it, publishes over it from then on. Publishes begun on the
+    /// Opens a new connection with `renewed` (the credential file as just read: the connect
+    /// presents that read, whatever the file holds by then) and, once NATS has accepted it,
+    /// publishes over it from then on. Publishes begun on the
     /// previous connection finish there (it closes when the last of them is done), so none is
     /// cut off, as it would be by reconnecting the one connection. When NATS refuses the new
     /// connection, the one in use stays, and `renewed` is remembered as refused
     /// ([`Publisher::was_refused`]).
     pub async fn reconnect(&self, renewed: &Credential) -> Result<(), JetStreamError> {
-        let opened = open(&self.cfg, self.credentials.as_ref()).await;
+        let opened = open(&self.cfg, self.credentials.as_ref(), Some(renewed.clone())).await;
         let refused = opened.is_err().then(|| renewed.identity().to_owned());
         *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = refused;
         self.link.store(Arc::new(opened?));

@@ -992,3 +992,47 @@ async fn a_renewed_creds_file_is_put_in_use_at_once() {
     let contents = stream_contents(&nats.context().await, &stream).await;
     assert_eq!(contents.len(), n - 1, "{contents:?}");
 }
+
+/// A renewal is connected with the very read of the file that found it, even when the file
+/// changes again before NATS asks: what the publisher records as in use, or as refused, is
+/// what NATS was shown. (Before, the connect read the file a second time.)
+#[tokio::test]
+async fn a_reconnect_presents_the_read_that_found_the_renewal() {
+    use obm_gate::jetstream::Publisher;
+    let nats = OperatorNats::start();
+    let (stream, subject) = names("reread");
+    let trusted = |user: &nkeys::KeyPair| user_creds(&nats.account, user, None);
+    let stranger = || {
+        user_creds(
+            &nkeys::KeyPair::new_account(),
+            &nkeys::KeyPair::new_user(),
+            None,
+        )
+    };
+    let creds_path = nats.write("user.creds", &trusted(&nkeys::KeyPair::new_user()));
+    let mut cfg = nats.config(&stream, &subject);
+    cfg.credentials_file = Some(creds_path.clone());
+    let publisher = Publisher::connect(&cfg).await.unwrap();
+    let file = publisher.credential_file().unwrap();
+    let put = |text: String| std::fs::write(&creds_path, text).unwrap();
+
+    // A trusted renewal is read, then the file turns to a stranger's before the connect.
+    put(trusted(&nkeys::KeyPair::new_user()));
+    let renewed = file.read().unwrap();
+    assert!(publisher.is_renewed(&renewed));
+    put(stranger());
+    publisher.reconnect(&renewed).await.unwrap();
+    assert!(!publisher.is_renewed(&renewed));
+    assert!(!publisher.was_refused(&renewed));
+
+    // A stranger's file is read, then a trusted one takes its place before the connect.
+    let refused = file.read().unwrap();
+    put(trusted(&nkeys::KeyPair::new_user()));
+    let error = publisher.reconnect(&refused).await.unwrap_err().to_string();
+    assert!(error.contains("NATS refused the user JWT"), "{error}");
+    assert!(publisher.was_refused(&refused));
+    assert!(
+        !publisher.is_renewed(&renewed),
+        "the connection in use stays"
+    );
+}

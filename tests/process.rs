@@ -371,9 +371,11 @@ async fn the_server_and_the_clients_have_expiry_thresholds_of_their_own() {
             ("OBM_GATE_REGISTRY_EXPIRY_WARNING_DAYS", "10"),
         ],
     );
-    eventually("the server certificate's warning", Duration::from_secs(5), || {
-        proc.logged("the server certificate expires within 25 days")
-    })
+    eventually(
+        "the server certificate's warning",
+        Duration::from_secs(5),
+        || proc.logged("the server certificate expires within 25 days"),
+    )
     .await;
     assert!(
         proc.logged(&format!("certificate={}", server.fingerprint())),
