@@ -411,11 +411,10 @@ impl Publisher {
 
     /// Opens a new connection with `renewed` (the credential file as just read: the connect
     /// presents that read, whatever the file holds by then) and, once NATS has accepted it,
-    /// publishes over it from then on. Publishes begun on the
-    /// previous connection finish there (it closes when the last of them is done), so none is
-    /// cut off, as it would be by reconnecting the one connection. When NATS refuses the new
-    /// connection, the one in use stays, and `renewed` is remembered as refused
-    /// ([`Publisher::was_refused`]).
+    /// publishes over it from then on. Publishes begun on the previous connection finish there
+    /// (it closes when the last of them is done), so none is cut off, as it would be by
+    /// reconnecting the one connection. When NATS refuses the new connection, the one in use
+    /// stays, and `renewed` is remembered as refused ([`Publisher::was_refused`]).
     pub async fn reconnect(&self, renewed: &Credential) -> Result<(), JetStreamError> {
         let opened = open(&self.cfg, self.credentials.as_ref(), Some(renewed.clone())).await;
         let refused = opened.is_err().then(|| renewed.identity().to_owned());
