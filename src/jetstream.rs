@@ -99,9 +99,10 @@ enum CredentialKind {
     Creds,
 }
 
-/// `[jetstream] nkey_seed_file` or `credentials_file`. It is read at start, again at every
-/// connect, and whenever the receiver reloads ([`crate::reload`]: a change to the file, SIGHUP,
-/// daily), which puts a renewed file in use at once ([`Publisher::reconnect`]).
+/// `[jetstream] nkey_seed_file` or `credentials_file`. It is read at start, whenever the
+/// receiver reloads ([`crate::reload`]: a change to the file, SIGHUP, daily), which puts a
+/// renewed file in use at once ([`Publisher::reconnect`]), and again at every reconnect after
+/// NATS drops a connection.
 #[derive(Debug, Clone)]
 pub struct CredentialFile {
     path: PathBuf,
