@@ -33,6 +33,7 @@ OUT=${OUT:-bench/results}
 NGINX_PORT=18443
 GATE_PORT=18444
 ORG=00Dxx0000001gPFEAY
+ONE_ID=04l000000000000001  # the notification ID of oha's one body
 ORGS=${ORGS:-1}
 PODS=${PODS:-$ORGS}  # the Salesforce pods the orgs are on; by default each org has its own
 PREFILL=${PREFILL:-0}
@@ -240,10 +241,10 @@ s_time() { # SCENARIO SERVER -new|-reuse
 
 # One fixed message for oha (obm-gate stores it once; every later one takes the duplicate path).
 "$LOADGEN" --help >/dev/null
-python3 - "$W/one.xml" "$ORG" <<'PY'
+python3 - "$W/one.xml" "$ORG" "$ONE_ID" <<'PY'
 import sys
-path, org = sys.argv[1:3]
-open(path, "w").write(f'<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>{org}</OrganizationId><ActionId>04kxx00000000blCAA</ActionId><SessionId xsi:nil="true"/><EnterpriseUrl>https://example.my.salesforce.com/services/Soap/c/60.0/00Dxx0000001gPF</EnterpriseUrl><PartnerUrl>https://example.my.salesforce.com/services/Soap/u/60.0/00Dxx0000001gPF</PartnerUrl><Notification><Id>04l000000000000001</Id><sObject xsi:type="sf:Contact" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>003xx000004TmiQAAS</sf:Id><sf:LastName>Black</sf:LastName></sObject></Notification></notifications></soapenv:Body></soapenv:Envelope>')
+path, org, one_id = sys.argv[1:4]
+open(path, "w").write(f'<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>{org}</OrganizationId><ActionId>04kxx00000000blCAA</ActionId><SessionId xsi:nil="true"/><EnterpriseUrl>https://example.my.salesforce.com/services/Soap/c/60.0/00Dxx0000001gPF</EnterpriseUrl><PartnerUrl>https://example.my.salesforce.com/services/Soap/u/60.0/00Dxx0000001gPF</PartnerUrl><Notification><Id>{one_id}</Id><sObject xsi:type="sf:Contact" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>003xx000004TmiQAAS</sf:Id><sf:LastName>Black</sf:LastName></sObject></Notification></notifications></soapenv:Body></soapenv:Envelope>')
 PY
 
 want() { [[ " $ONLY " == *" $1 "* ]]; }
@@ -276,6 +277,21 @@ if ((PREFILL > 0)) && [[ " $SERVERS " == *" obm-gate "* ]]; then
     --mode keepalive --concurrency $((ORGS > 16 ? ORGS : 16)) --notifications 100 --duration "$PREFILL" | tail -n 1
   if [ -d "$W/data" ]; then du -sh "$W/data"; fi  # not with OBM_GATE_STORE_URL (PostgreSQL)
 fi
+# The notifications obm-gate's store holds, but for oha's one body, counted by a reader of our
+# own, not by obm-gate: after the runs, every one it acknowledged must be there (see below).
+stored_count() {
+  if [ -n "${OBM_GATE_STORE_URL:-}" ]; then
+    psql "$OBM_GATE_STORE_URL" -tAc "SELECT count(*) FROM obm_notifications WHERE notification_id <> '$ONE_ID'"
+  else
+    python3 - "$W/data/obm-gate.db" "$ONE_ID" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+print(db.execute("SELECT count(*) FROM notifications WHERE notification_id <> ?", (sys.argv[2],)).fetchone()[0])
+PY
+  fi
+}
+gate_runs() { [[ " $SERVERS " == *" obm-gate "* ]] && [ -n "$(runs)" ]; }
+if gate_runs; then STORED_BEFORE=$(stored_count); fi
 ROUND=1
 for ROUND in $(seq "$ROUNDS"); do
   order=$SERVERS
@@ -287,6 +303,26 @@ for ROUND in $(seq "$ROUNDS"); do
     done
   done
 done
+# Every notification with a fresh ID that loadgen saw acknowledged in obm-gate's runs, against
+# what its store gained over them. A store that gained fewer lost an acknowledged notification:
+# the run fails, once the report is written. (It may gain more: a message cut by an error.)
+LOST=0
+if gate_runs; then
+  line=$(python3 - "$OUT/results.jsonl" "$STORED_BEFORE" "$(stored_count)" <<'PY'
+import json, sys
+path, before, after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+acked = 0
+for l in open(path):
+    r = json.loads(l)
+    if r["server"] == "obm-gate" and r["client"] == "loadgen" and r["scenario"] in ("a", "b", "c", "d"):
+        acked += r["requests"] * r["notifications"]
+print(json.dumps({"scenario": "stored", "server": "obm-gate", "client": "store", "acked": acked,
+                  "stored": after - before, "lost": max(0, acked - (after - before))}))
+PY
+)
+  echo "$line" | tee -a "$OUT/results.jsonl"
+  LOST=$(echo "$line" | python3 -c 'import json, sys; print(json.load(sys.stdin)["lost"])')
+fi
 for server in $SERVERS; do
   want e || continue
   # (e) 10,000 idle connections: RSS with them held, minus RSS before.
@@ -310,3 +346,7 @@ fi
 # The machine's limit: the crypto of one full mutual-TLS handshake, on one core.
 cargo bench --locked --bench handshake_crypto -- --noplot 2>&1 | grep -E '^handshake_crypto|time:' || true
 python3 bench/report.py "$OUT"
+if ((LOST > 0)); then
+  echo "compare.sh: $LOST notifications that obm-gate acknowledged are not in its store" >&2
+  exit 1
+fi

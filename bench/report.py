@@ -147,6 +147,12 @@ for server, found in e.items():
             f"(e) {server}: {x['held']} idle mutual-TLS connections, RSS {x['rss_before_kb'] / 1024:.0f} → {x['rss_held_kb'] / 1024:.0f} MiB, "
             f"{x['kib_per_connection']:.1f} KiB per connection."
         )
+for x in find("stored", "obm-gate"):
+    lost = "none lost" if x["lost"] == 0 else f"{x['lost']:,} LOST"
+    lines.append(
+        f"Stored: obm-gate acknowledged {x['acked']:,} notifications with fresh IDs in these runs, and its store "
+        f"gained {x['stored']:,} ({lost}; counted in the store by a reader of the script's own)."
+    )
 
 # The #6 targets, judged in each round on its own.
 targets = []
