@@ -7,12 +7,16 @@
 //! the transaction holding its message has committed (or failed); that is what lets the request
 //! path acknowledge only what is durable. Deduplication is on (org, notification ID).
 
+use std::collections::HashSet;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
 use tokio::sync::mpsc;
+
+use crate::ids::OrgId;
 
 use super::{
     Batch, Committed, Control, Filter, ForwardInfo, ForwardState, ForwardUpdate, Heads, Job,
@@ -107,7 +111,28 @@ const MIGRATIONS: &[&str] = &[
         first_seq INTEGER NOT NULL    -- the lowest seq received in it
     ) WITHOUT ROWID;
 "#,
+    // Where `messages list --org` looks: which blocks of 65,536 seqs (`seq >> 16`) hold
+    // notifications of which org. The unique key leads with the notification ID (migration 5),
+    // so nothing else finds an org's rows: the walk read the whole table, 2.0–4.9 s on a 2 GB
+    // store with the page cache cold, for an org with none. An index led by the org would take each message's entry at
+    // its org's own end of the index, a page per org per commit (migration 5's reason). This
+    // table takes a row when an org first stores in a block, at the table's end (it leads
+    // with the block), about once per 34 MB of notifications per org. The writer fills it for
+    // rows stored before this migration, and for any an older build stored, each time it opens
+    // the store (`catch_up_org_blocks`).
+    r#"
+    CREATE TABLE org_blocks (
+        block  INTEGER NOT NULL,   -- seq >> ORG_BLOCK_BITS
+        org_id TEXT NOT NULL,
+        PRIMARY KEY (block, org_id)
+    ) WITHOUT ROWID;
+"#,
 ];
+
+/// A block of `org_blocks` is the seqs with the same `seq >> ORG_BLOCK_BITS`: 65,536
+/// notifications, about 34 MB of the loadgen's. Smaller blocks narrow `messages list --org`
+/// further, and add a row per org for each.
+const ORG_BLOCK_BITS: u32 = 16;
 
 /// The page size of a new store. Every committed page is written twice (to the WAL, then by the
 /// checkpoint into the file), each with its own syscalls, checksum and B-tree bookkeeping; 16 KiB
@@ -147,6 +172,7 @@ pub(crate) fn start(
         ctx,
         minute: None,
         prune_bound: None,
+        blocks: OrgBlocks::default(),
     };
     std::thread::Builder::new()
         .name("obm-store-writer".into())
@@ -175,6 +201,7 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     ))?;
     migrate(&mut conn)?;
     catch_up_minutes(&conn)?;
+    catch_up_org_blocks(&conn)?;
     Ok(conn)
 }
 
@@ -204,6 +231,30 @@ fn catch_up_minutes(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Adds an `org_blocks` row for each org and block of the notifications stored from the highest
+/// block on: all of them after migration 7 on an older store (one read of the table), and those
+/// an older build stored, if one ran on this file (their seqs are above every block's but the
+/// highest). A pair that has its row keeps it (`OR IGNORE`).
+fn catch_up_org_blocks(conn: &Connection) -> rusqlite::Result<()> {
+    let started = Instant::now();
+    let added = conn.execute(
+        &format!(
+            "INSERT OR IGNORE INTO org_blocks (block, org_id)
+             SELECT DISTINCT seq >> {ORG_BLOCK_BITS}, org_id FROM notifications
+             WHERE seq >= (SELECT coalesce(max(block), 0) << {ORG_BLOCK_BITS} FROM org_blocks)"
+        ),
+        [],
+    )?;
+    if added > 0 {
+        tracing::info!(
+            added,
+            ms = started.elapsed().as_millis() as u64,
+            "the orgs' blocks of notifications stored without them caught up (for messages list --org)"
+        );
+    }
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let pending = MIGRATIONS.iter().enumerate().skip(version.max(0) as usize);
@@ -218,13 +269,15 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         // An upgrade: say so before it runs, since one that rebuilds `notifications` (migration
         // 5) takes its time. 2 million notifications (1 GB): 8.4 s, and the file grew to 2 GB;
         // the old table's pages stay in the file for new rows. Giving their minutes their rows
-        // (migration 6, then `catch_up_minutes`): 0.67 s.
+        // (migration 6, then `catch_up_minutes`): 0.67 s. The orgs' blocks (migration 7, then
+        // `catch_up_org_blocks`) on 3.7 million (1.9 GB), the page cache cold: 4.2 s, counting
+        // the rows for this line.
         let rows: i64 = conn.query_row("SELECT count(*) FROM notifications", [], |r| r.get(0))?;
         let how = if version < 5 {
             "upgrading the store's schema, once; rebuilding a table takes about 4 s per million \
              notifications and free disk space of twice the store's size"
         } else {
-            "upgrading the store's schema, once; about 0.3 s per million notifications"
+            "upgrading the store's schema, once; about 1 s per million notifications"
         };
         tracing::info!(from = version, to = MIGRATIONS.len(), rows, "{how}");
     }
@@ -266,6 +319,28 @@ struct Writer {
     minute: Option<String>,
     /// The cutoff of the last prune step and its bound (see `prune`).
     prune_bound: Option<(String, i64)>,
+    blocks: OrgBlocks,
+}
+
+/// The orgs whose `org_blocks` row for the highest block the writer stored in is committed, or
+/// written in the transaction under way: a message of one of them in that block adds no row.
+/// Seqs only grow, so a lower block takes no new rows. Forgotten when a transaction fails.
+#[derive(Default)]
+struct OrgBlocks {
+    block: i64,
+    orgs: HashSet<OrgId>,
+}
+
+impl OrgBlocks {
+    /// Whether `org`'s row for `block` is to be written (`OR IGNORE`: it may be there); from
+    /// here on it is taken as written.
+    fn note(&mut self, block: i64, org: OrgId) -> bool {
+        if block > self.block {
+            self.block = block;
+            self.orgs.clear();
+        }
+        block < self.block || self.orgs.insert(org)
+    }
 }
 
 impl Writer {
@@ -349,8 +424,13 @@ impl Writer {
             &received_at,
             new_minute,
             self.ctx.forward,
+            &mut self.blocks,
         )
         .map_err(|e| e.to_string());
+        if result.is_err() {
+            // Rolled back: the rows it noted as written are not.
+            self.blocks = OrgBlocks::default();
+        }
         // Only a committed row counts: after a rollback the minute's row is still to write.
         if new_minute
             && result
@@ -365,7 +445,8 @@ impl Writer {
 
 /// Writes the messages and the webhook results in one transaction. On error the transaction
 /// is rolled back (dropped). With `new_minute`, the minute of `received_at` may have no row in
-/// `received_minutes` yet: the first notification stored gives it one, if it has none.
+/// `received_minutes` yet: the first notification stored gives it one, if it has none. A
+/// message that stores in a block its org has no `org_blocks` row for (by `blocks`) adds it.
 fn write<'m>(
     conn: &mut Connection,
     messages: impl Iterator<Item = &'m NewMessage>,
@@ -373,6 +454,7 @@ fn write<'m>(
     received_at: &str,
     new_minute: bool,
     forward: bool,
+    blocks: &mut OrgBlocks,
 ) -> rusqlite::Result<Vec<Committed>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::new();
@@ -399,6 +481,8 @@ fn write<'m>(
             insert.raw_bind_parameter(3, m.action_id.as_str())?;
             insert.raw_bind_parameter(7, m.certificate.hex().as_str())?;
             insert.raw_bind_parameter(8, &*m.peer)?;
+            // The seqs of the message's first and last stored notifications.
+            let mut stored: Option<(i64, i64)> = None;
             for n in &m.notifications {
                 insert.raw_bind_parameter(2, n.id.as_str())?;
                 insert.raw_bind_parameter(4, n.object_type.as_str())?;
@@ -406,16 +490,24 @@ fn write<'m>(
                 let changed = insert.raw_execute()?;
                 if changed == 1 {
                     outcome.stored += 1;
-                    first_seq.get_or_insert_with(|| tx.last_insert_rowid());
+                    let seq = tx.last_insert_rowid();
+                    first_seq.get_or_insert(seq);
+                    stored = Some((stored.map_or(seq, |(first, _)| first), seq));
                     if forward {
-                        queue.execute(params![
-                            tx.last_insert_rowid(),
-                            m.org.as_str(),
-                            queued_ms
-                        ])?;
+                        queue.execute(params![seq, m.org.as_str(), queued_ms])?;
                     }
                 } else {
                     outcome.duplicates += 1;
+                }
+            }
+            if let Some((first, last)) = stored {
+                for block in first >> ORG_BLOCK_BITS..=last >> ORG_BLOCK_BITS {
+                    if blocks.note(block, m.org) {
+                        tx.prepare_cached(
+                            "INSERT OR IGNORE INTO org_blocks (block, org_id) VALUES (?1, ?2)",
+                        )?
+                        .execute(params![block, m.org.as_str()])?;
+                    }
                 }
             }
             outcomes.push(outcome);
@@ -513,6 +605,14 @@ fn prune(
              WHERE first_seq < (SELECT min(seq) FROM notifications)
                AND minute < (SELECT max(minute) FROM received_minutes
                              WHERE first_seq < (SELECT min(seq) FROM notifications))",
+            [],
+        )?;
+        // The blocks wholly below every notification kept hold none.
+        tx.execute(
+            &format!(
+                "DELETE FROM org_blocks
+                 WHERE block < (SELECT min(seq) FROM notifications) >> {ORG_BLOCK_BITS}"
+            ),
             [],
         )?;
     }
@@ -855,34 +955,114 @@ pub fn list(path: &Path, filter: &Filter) -> Result<Vec<StoredNotification>, Sto
     };
     // A store no receiver of this version has opened yet has no minutes: --since scans.
     let minutes = has_table(&conn, "received_minutes").map_err(read_err)?;
-    let (sql, values) = list_query(filter, forward_table, minutes);
-    let mut stmt = conn.prepare(&sql).map_err(read_err)?;
-    let rows = stmt
-        .query_map(named(&values).as_slice(), |r| {
-            let fields: String = r.get(5)?;
-            let state: Option<String> = r.get(9)?;
-            Ok(StoredNotification {
-                seq: r.get(0)?,
-                org_id: r.get(1)?,
-                action_id: r.get(2)?,
-                notification_id: r.get(3)?,
-                object_type: r.get(4)?,
-                fields: serde_json::from_str(&fields).unwrap_or(serde_json::Value::String(fields)),
-                received_at: r.get(6)?,
-                certificate_sha256: r.get(7)?,
-                peer_addr: r.get(8)?,
-                forward: match state.as_deref().and_then(ForwardState::parse) {
-                    Some(state) => Some(ForwardInfo {
-                        state,
-                        attempts: r.get(10)?,
-                        last_error: r.get(11)?,
-                    }),
-                    None => None,
-                },
-            })
+    let Some(parts) = org_parts(&conn, filter, minutes).map_err(read_err)? else {
+        let (sql, values) = list_query(filter, forward_table, minutes, None);
+        return read_rows(&conn, &sql, &values).map_err(read_err);
+    };
+    let mut listed = Vec::new();
+    for seqs in parts {
+        let limit = filter.limit.map(|l| l.saturating_sub(listed.len()));
+        if limit == Some(0) {
+            break;
+        }
+        let part = Part { seqs, limit };
+        let (sql, values) = list_query(filter, forward_table, minutes, Some(&part));
+        listed.extend(read_rows(&conn, &sql, &values).map_err(read_err)?);
+    }
+    Ok(listed)
+}
+
+/// A part of the table that `list` reads on its own: the notifications with a seq in `seqs`,
+/// at most `limit` of them.
+struct Part {
+    seqs: Range<i64>,
+    limit: Option<usize>,
+}
+
+/// The parts of the table in which `messages list --org` can find the org's notifications, in
+/// seq order: each block below the highest one in `org_blocks` that has a row for the org, then
+/// everything from the highest block on (an older build, run on this file since the writer last
+/// opened it, stored rows there without blocks). With `--since`, no block below where its walk
+/// starts (see `list_query`). `None`: read the table as one, because there is no org to look
+/// for, or a notification ID or a forwarding state to seek by, or no blocks yet (a store no
+/// receiver of this version has opened).
+fn org_parts(
+    conn: &Connection,
+    filter: &Filter,
+    minutes: bool,
+) -> rusqlite::Result<Option<Vec<Range<i64>>>> {
+    let Some(org) = &filter.org else {
+        return Ok(None);
+    };
+    if filter.notification_id.is_some() || filter.state.is_some() || !has_table(conn, "org_blocks")?
+    {
+        return Ok(None);
+    }
+    let highest: Option<i64> =
+        conn.query_row("SELECT max(block) FROM org_blocks", [], |r| r.get(0))?;
+    let Some(highest) = highest else {
+        return Ok(None);
+    };
+    let lowest = match filter.since {
+        Some(since) if minutes => {
+            let since = humantime::format_rfc3339_millis(since).to_string();
+            let bound: i64 = conn.query_row(
+                "SELECT coalesce(min(first_seq), 9223372036854775807)
+                 FROM received_minutes WHERE minute >= ?1",
+                [minute_of(&since)],
+                |r| r.get(0),
+            )?;
+            bound >> ORG_BLOCK_BITS
+        }
+        _ => 0,
+    };
+    let mut stmt = conn.prepare(
+        "SELECT block FROM org_blocks
+         WHERE block >= ?1 AND block < ?2 AND org_id = ?3 ORDER BY block",
+    )?;
+    let blocks = stmt.query_map(params![lowest, highest, org.as_str()], |r| {
+        r.get::<_, i64>(0)
+    })?;
+    let mut parts = Vec::new();
+    for block in blocks {
+        let block = block?;
+        parts.push(block << ORG_BLOCK_BITS..(block + 1) << ORG_BLOCK_BITS);
+    }
+    parts.push(highest.max(lowest) << ORG_BLOCK_BITS..i64::MAX);
+    Ok(Some(parts))
+}
+
+/// The rows of a `list_query`.
+fn read_rows(
+    conn: &Connection,
+    sql: &str,
+    values: &[(&'static str, Value)],
+) -> rusqlite::Result<Vec<StoredNotification>> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map(named(values).as_slice(), |r| {
+        let fields: String = r.get(5)?;
+        let state: Option<String> = r.get(9)?;
+        Ok(StoredNotification {
+            seq: r.get(0)?,
+            org_id: r.get(1)?,
+            action_id: r.get(2)?,
+            notification_id: r.get(3)?,
+            object_type: r.get(4)?,
+            fields: serde_json::from_str(&fields).unwrap_or(serde_json::Value::String(fields)),
+            received_at: r.get(6)?,
+            certificate_sha256: r.get(7)?,
+            peer_addr: r.get(8)?,
+            forward: match state.as_deref().and_then(ForwardState::parse) {
+                Some(state) => Some(ForwardInfo {
+                    state,
+                    attempts: r.get(10)?,
+                    last_error: r.get(11)?,
+                }),
+                None => None,
+            },
         })
-        .map_err(read_err)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(read_err)
+    })?;
+    rows.collect()
 }
 
 /// The SELECT behind `list`, with a condition for each filter that is set and none for the rest,
@@ -894,15 +1074,21 @@ pub fn list(path: &Path, filter: &Filter) -> Result<Vec<StoredNotification>, Sto
 /// notification ID nothing narrows the key (it leads with the ID; see migration 5), so a lookup
 /// by org reads the table in seq order. With `--since` and `received_minutes`, that walk starts
 /// at the first seq stored in the minute of the time or later (see migration 6), not at the
-/// first row.
+/// first row. With a `part`, only its seqs, and its limit.
 fn list_query(
     filter: &Filter,
     forward_table: &str,
     minutes: bool,
+    part: Option<&Part>,
 ) -> (String, Vec<(&'static str, Value)>) {
     let mut conditions = Vec::new();
-    let limit = filter.limit.map_or(-1, |l| l as i64);
-    let mut values = vec![(":limit", Value::Integer(limit))];
+    let limit = part.map_or(filter.limit, |p| p.limit);
+    let mut values = vec![(":limit", Value::Integer(limit.map_or(-1, |l| l as i64)))];
+    if let Some(part) = part {
+        conditions.push("n.seq >= :lo AND n.seq < :hi".to_owned());
+        values.push((":lo", Value::Integer(part.seqs.start)));
+        values.push((":hi", Value::Integer(part.seqs.end)));
+    }
     if let Some(org) = &filter.org {
         values.push((":org", Value::Text(org.as_str().to_owned())));
     }
@@ -1212,7 +1398,7 @@ mod tests {
             ),
         ];
         for (filter, seeks, want) in cases {
-            let steps = plan(&conn, &list_query(&filter, "forward", true).0);
+            let steps = plan(&conn, &list_query(&filter, "forward", true, None).0);
             if seeks {
                 assert!(
                     steps.contains(
@@ -1344,13 +1530,31 @@ mod tests {
     fn commit_at(conn: &mut Connection, ids: &[&str], at: &str) {
         let m = message(ids);
         let none = std::iter::empty();
-        write(conn, [&m].into_iter(), none, at, true, true).unwrap();
+        write(
+            conn,
+            [&m].into_iter(),
+            none,
+            at,
+            true,
+            true,
+            &mut OrgBlocks::default(),
+        )
+        .unwrap();
     }
 
     /// Records webhook results, as the writer does.
     fn record(conn: &mut Connection, updates: &[ForwardUpdate]) {
         let (none, at) = (std::iter::empty(), "2026-11-24T10:00:01.000Z");
-        write(conn, none, updates.iter(), at, false, true).unwrap();
+        write(
+            conn,
+            none,
+            updates.iter(),
+            at,
+            false,
+            true,
+            &mut OrgBlocks::default(),
+        )
+        .unwrap();
     }
 
     /// Every `--since` that matters for the rows in `conn`: each stored time, and a moment
@@ -1374,7 +1578,7 @@ mod tests {
                     since: Some(t),
                     ..Filter::default()
                 };
-                let (sql, values) = list_query(&filter, "forward", false);
+                let (sql, values) = list_query(&filter, "forward", false, None);
                 let mut scan = conn.prepare(&sql).unwrap();
                 let want: Vec<String> = scan
                     .query_map(named(&values).as_slice(), |r| r.get(3))
@@ -1443,7 +1647,7 @@ mod tests {
 
         // The walk starts at that seq: a search of the table's key, not a scan of the table.
         let filter = since("2026-11-24T11:00:00Z");
-        let steps = plan(&conn, &list_query(&filter, "forward", true).0);
+        let steps = plan(&conn, &list_query(&filter, "forward", true, None).0);
         assert!(
             steps.contains("SEARCH n USING INTEGER PRIMARY KEY (rowid>?)"),
             "{steps}"
@@ -1457,7 +1661,16 @@ mod tests {
         // A commit not told its minute is new adds no row.
         let m = message(&["n7"]);
         let at = "2026-11-24T14:00:00.000Z";
-        write(&mut conn, [&m].into_iter(), none, at, false, false).unwrap();
+        write(
+            &mut conn,
+            [&m].into_iter(),
+            none,
+            at,
+            false,
+            false,
+            &mut OrgBlocks::default(),
+        )
+        .unwrap();
         assert_eq!(count(&conn, "received_minutes"), 4);
     }
 
@@ -1495,6 +1708,165 @@ mod tests {
         drop(conn);
         let conn = open_writer(&path).unwrap();
         assert_eq!(count(&conn, "received_minutes"), 5);
+    }
+
+    /// Each org's blocks in `org_blocks`, lowest first.
+    fn blocks_of(conn: &Connection) -> Vec<(i64, String)> {
+        let mut stmt = conn
+            .prepare("SELECT block, org_id FROM org_blocks ORDER BY block, org_id")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn list_by_org_reads_only_the_orgs_blocks_and_lists_what_a_scan_does() {
+        const A: &str = "00Dxx0000001gPFEAY";
+        const B: &str = "00Dxx0000002gPFEAY";
+        const C: &str = "00Dxx0000003gPFEAY";
+        const NONE: &str = "00Dxx0000009gPFEAY";
+        let block = |b: i64| b << ORG_BLOCK_BITS;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("obm.db");
+        // The writer's connection and what it knows of the blocks, as a new writer has them.
+        let open = || (open_writer(&path).unwrap(), OrgBlocks::default());
+        let (mut conn, mut blocks) = open();
+        // Stores a message of `org` as the writer does (no webhook), at `at`.
+        let commit = |(conn, blocks): (&mut Connection, &mut OrgBlocks),
+                      org: &str,
+                      ids: &[&str],
+                      at: &str| {
+            let mut m = message(ids);
+            m.org = OrgId::parse(org).unwrap();
+            let none = std::iter::empty();
+            write(conn, [&m].into_iter(), none, at, true, false, blocks).unwrap();
+        };
+        // Where the next seq goes: a row written straight in, as after that many notifications.
+        let jump_to = |conn: &Connection, seq: i64, id: &str| {
+            conn.execute(
+                "INSERT INTO notifications (seq, org_id, notification_id, action_id,
+                     object_type, fields, received_at, certificate_sha256, peer_addr)
+                 VALUES (?1, ?2, ?3, 'a', 'Contact', '{}', '2026-11-24T10:00:00.000Z', 'ab', 'p')",
+                params![seq, C, id],
+            )
+            .unwrap();
+        };
+        commit(
+            (&mut conn, &mut blocks),
+            A,
+            &["a1", "a2"],
+            "2026-11-24T10:00:00.000Z",
+        );
+        commit(
+            (&mut conn, &mut blocks),
+            B,
+            &["b1"],
+            "2026-11-24T10:00:00.000Z",
+        );
+        // An older build, run on the file, stores a notification of C in block 3 without its
+        // block; this build's writer opens the file again and catches it up.
+        jump_to(&conn, block(3), "c1");
+        drop(conn);
+        let (mut conn, mut blocks) = open();
+        commit(
+            (&mut conn, &mut blocks),
+            B,
+            &["b2", "b1"],
+            "2026-11-24T11:00:00.000Z",
+        );
+        // Once more, in block 5.
+        jump_to(&conn, block(6) - 3, "c2");
+        drop(conn);
+        let (mut conn, mut blocks) = open();
+        // A message across blocks 5 and 6 has a row in each.
+        commit(
+            (&mut conn, &mut blocks),
+            A,
+            &["a3", "a4", "a5"],
+            "2026-11-24T12:00:00.000Z",
+        );
+        commit(
+            (&mut conn, &mut blocks),
+            A,
+            &["a6"],
+            "2026-11-24T12:00:00.000Z",
+        );
+        let row = |b: i64, org: &str| (b, org.to_owned());
+        assert_eq!(
+            blocks_of(&conn),
+            [
+                row(0, A),
+                row(0, B),
+                row(3, B),
+                row(3, C),
+                row(5, A),
+                row(5, C),
+                row(6, A)
+            ]
+        );
+        // The walk by org reads the org's blocks and the highest, not the rest.
+        let parts = |org: &str, since: Option<&str>| {
+            let filter = Filter {
+                org: Some(OrgId::parse(org).unwrap()),
+                since: since.map(|t| humantime::parse_rfc3339(t).unwrap()),
+                ..Filter::default()
+            };
+            org_parts(&conn, &filter, true).unwrap().unwrap()
+        };
+        assert_eq!(
+            parts(A, None),
+            [0..block(1), block(5)..block(6), block(6)..i64::MAX]
+        );
+        assert_eq!(
+            parts(C, None),
+            [block(3)..block(4), block(5)..block(6), block(6)..i64::MAX]
+        );
+        // An org with none reads only the highest block on.
+        assert_eq!(parts(NONE, None), vec![block(6)..i64::MAX]);
+        assert_eq!(
+            parts(A, Some("2026-11-24T12:00:00Z")),
+            [block(5)..block(6), block(6)..i64::MAX]
+        );
+        // What it lists is what a scan of the whole table lists, whatever the limit and time.
+        for org in [A, B, C, NONE] {
+            for limit in [None, Some(1), Some(2), Some(4)] {
+                for since in [
+                    None,
+                    Some("2026-11-24T11:00:00Z"),
+                    Some("2026-11-24T12:00:00Z"),
+                ] {
+                    let filter = Filter {
+                        org: Some(OrgId::parse(org).unwrap()),
+                        limit,
+                        since: since.map(|t| humantime::parse_rfc3339(t).unwrap()),
+                        ..Filter::default()
+                    };
+                    let (sql, values) = list_query(&filter, "forward", false, None);
+                    let mut scan = conn.prepare(&sql).unwrap();
+                    let want: Vec<String> = scan
+                        .query_map(named(&values).as_slice(), |r| r.get(3))
+                        .unwrap()
+                        .collect::<Result<_, _>>()
+                        .unwrap();
+                    assert_eq!(ids(&path, &filter), want, "{filter:?}");
+                }
+            }
+        }
+        assert_eq!(
+            ids(
+                &path,
+                &Filter {
+                    org: Some(OrgId::parse(A).unwrap()),
+                    ..Filter::default()
+                }
+            ),
+            ["a1", "a2", "a3", "a4", "a5", "a6"]
+        );
+        // A retention that passed blocks 0 to 3 takes their rows with them.
+        assert_eq!(prune_all(&mut conn, "2026-11-24T11:30:00.000Z"), 6);
+        assert_eq!(blocks_of(&conn), [row(5, A), row(5, C), row(6, A)]);
     }
 
     /// Runs prune steps until none is left, as `Store::prune` does; returns how many went.
