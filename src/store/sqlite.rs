@@ -1072,9 +1072,10 @@ fn read_rows(
 /// it before the values are known, so it could never use the (notification_id, org_id) key and
 /// scanned the whole table: 0.2–1.4 s for `messages show` on 2 million notifications. Without a
 /// notification ID nothing narrows the key (it leads with the ID; see migration 5), so a lookup
-/// by org reads the table in seq order. With `--since` and `received_minutes`, that walk starts
-/// at the first seq stored in the minute of the time or later (see migration 6), not at the
-/// first row. With a `part`, only its seqs, and its limit.
+/// by org reads the table in seq order: `list` reads each of the org's parts of it (see
+/// `org_parts`, migration 7) with a query of its own, given as `part` (its seqs, and what is
+/// left of the limit). With `--since` and `received_minutes`, the walk starts at the first seq
+/// stored in the minute of the time or later (see migration 6), not at the first row.
 fn list_query(
     filter: &Filter,
     forward_table: &str,
