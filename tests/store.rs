@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    Key, ORG_A, Spec, TestServer, admin_get, age_store, eventually, filled_store, metric, nid,
-    pragma, received_in_2020, self_signed, sqlite_store, wide_message,
+    Key, ORG_A, ORG_B, Spec, TestServer, admin_get, age_store, eventually, filled_store, metric,
+    nid, pragma, received_in_2020, self_signed, sqlite_store, wide_message,
 };
 
 /// The WAL is checkpointed back into the database file as it grows (SQLite's automatic
@@ -181,6 +181,85 @@ async fn every_minute_of_stored_notifications_names_its_first_seq_for_since() {
         listed.contains(&seq) && listed.ends_with(&[1_160]),
         "{listed:?}"
     );
+}
+
+/// `messages list --org` reads only the blocks of 65,536 seqs in which the org stored: the
+/// writer gives an org a row in `org_blocks` for each block it stores in, in the transaction
+/// that stores, whatever the group commits; and what `--org` lists is what a scan of the whole
+/// table finds. The store's next seq starts just below the end of block 1 (one row written
+/// straight in), so the messages committed together cross into block 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_block_an_org_stores_in_names_the_org_for_list_by_org() {
+    use obm_gate::ids::OrgId;
+    use obm_gate::store::Filter;
+    const ORG_C: &str = "00Dxx0000003gPFEAY";
+    const NO_ORG: &str = "00Dxx0000009gPFEAY";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("obm-gate.db");
+    let (store, config) = sqlite_store(&path).await;
+    store.commit(wide_message(0, 2, 10)).await.unwrap();
+    store.shutdown().await;
+    drop(store);
+    let conn = rusqlite::Connection::open(&config.path).unwrap();
+    conn.execute(
+        "INSERT INTO notifications (seq, org_id, notification_id, action_id, object_type,
+             fields, received_at, certificate_sha256, peer_addr)
+         VALUES (2 * 65536 - 45, ?1, 'jump', 'a', 'Contact', '{}', '2026-11-24T10:00:00.000Z',
+                 'ab', 'p')",
+        [ORG_C],
+    )
+    .unwrap();
+
+    // Four messages of ten notifications from each of three orgs, committed together.
+    let (store, _) = sqlite_store(&config.path).await;
+    let store = Arc::new(store);
+    let together: Vec<_> = [ORG_A, ORG_B, ORG_C]
+        .into_iter()
+        .enumerate()
+        .flat_map(|(o, org)| (0..4).map(move |m| (org, 100 + o * 1_000 + m * 10)))
+        .map(|(org, first)| {
+            let store = store.clone();
+            let mut message = wide_message(first, 10, 10);
+            message.org = OrgId::parse(org).unwrap();
+            tokio::spawn(async move { store.commit(message).await })
+        })
+        .collect();
+    for stored in together {
+        assert_eq!(stored.await.unwrap().unwrap().stored, 10);
+    }
+
+    let query = |sql: &str| -> Vec<(i64, String)> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let blocks = query("SELECT block, org_id FROM org_blocks ORDER BY block, org_id");
+    let want =
+        query("SELECT DISTINCT seq >> 16, org_id FROM notifications ORDER BY seq >> 16, org_id");
+    assert_eq!(blocks, want);
+    assert!(
+        want.iter().filter(|(block, _)| *block == 2).count() >= 2,
+        "the messages did not cross into block 2: {want:?}"
+    );
+    for org in [ORG_A, ORG_B, ORG_C, NO_ORG] {
+        let filter = Filter {
+            org: Some(OrgId::parse(org).unwrap()),
+            ..Filter::default()
+        };
+        let listed: Vec<(i64, String)> = store
+            .list(&filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| (n.seq, n.notification_id))
+            .collect();
+        let scanned = query(&format!(
+            "SELECT seq, notification_id FROM notifications WHERE org_id = '{org}' ORDER BY seq"
+        ));
+        assert_eq!(listed, scanned, "--org {org}");
+    }
 }
 
 /// A receiver with `[store] retention` deletes, as it starts, what was received longer ago, and
