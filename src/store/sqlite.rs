@@ -114,12 +114,12 @@ const MIGRATIONS: &[&str] = &[
     // Where `messages list --org` looks: which blocks of 65,536 seqs (`seq >> 16`) hold
     // notifications of which org. The unique key leads with the notification ID (migration 5),
     // so nothing else finds an org's rows: the walk read the whole table, 2.0–4.9 s on a 2 GB
-    // store with the page cache cold, for an org with none. An index led by the org would take each message's entry at
-    // its org's own end of the index, a page per org per commit (migration 5's reason). This
-    // table takes a row when an org first stores in a block, at the table's end (it leads
-    // with the block), about once per 34 MB of notifications per org. The writer fills it for
-    // rows stored before this migration, and for any an older build stored, each time it opens
-    // the store (`catch_up_org_blocks`).
+    // store with the page cache cold, for an org with none. An index led by the org would take
+    // each message's entry at its org's own end of the index, a page per org per commit
+    // (migration 5's reason). This table takes a row when an org first stores in a block, at
+    // the table's end (it leads with the block), about once per 34 MB of notifications per org.
+    // The writer fills it for rows stored before this migration, and for any an older build
+    // stored, each time it opens the store (`catch_up_org_blocks`).
     r#"
     CREATE TABLE org_blocks (
         block  INTEGER NOT NULL,   -- seq >> ORG_BLOCK_BITS
