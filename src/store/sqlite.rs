@@ -1007,9 +1007,8 @@ fn org_parts(
         Some(since) if minutes => {
             let since = humantime::format_rfc3339_millis(since).to_string();
             let bound: i64 = conn.query_row(
-                "SELECT coalesce(min(first_seq), 9223372036854775807)
-                 FROM received_minutes WHERE minute >= ?1",
-                [minute_of(&since)],
+                SINCE_FIRST_SEQ,
+                rusqlite::named_params! {":since_minute": minute_of(&since)},
                 |r| r.get(0),
             )?;
             bound >> ORG_BLOCK_BITS
@@ -1031,6 +1030,12 @@ fn org_parts(
     parts.push(highest.max(lowest) << ORG_BLOCK_BITS..i64::MAX);
     Ok(Some(parts))
 }
+
+/// The lowest seq a notification received in the minute `:since_minute` or later can have (see
+/// `received_minutes`). Nothing stored in that minute or later: no seq is that high, so a walk
+/// from it reads nothing.
+const SINCE_FIRST_SEQ: &str = "SELECT coalesce(min(first_seq), 9223372036854775807)
+                               FROM received_minutes WHERE minute >= :since_minute";
 
 /// The rows of a `list_query`.
 fn read_rows(
@@ -1105,12 +1110,7 @@ fn list_query(
         conditions.push("n.received_at >= :since".to_owned());
         let since = humantime::format_rfc3339_millis(since).to_string();
         if minutes {
-            // Nothing stored in that minute or later: no seq is that high, nothing is read.
-            conditions.push(
-                "n.seq >= (SELECT coalesce(min(first_seq), 9223372036854775807)
-                           FROM received_minutes WHERE minute >= :since_minute)"
-                    .to_owned(),
-            );
+            conditions.push(format!("n.seq >= ({SINCE_FIRST_SEQ})"));
             let minute = minute_of(&since).to_owned();
             values.push((":since_minute", Value::Text(minute)));
         }
