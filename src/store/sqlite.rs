@@ -1739,18 +1739,14 @@ mod tests {
         let path = dir.path().join("obm.db");
         // The writer's connection and what it knows of the blocks, as a new writer has them.
         let open = || (open_writer(&path).unwrap(), OrgBlocks::default());
-        let (mut conn, mut blocks) = open();
         // Stores a message of `org` as the writer does (no webhook), at `at`.
-        let commit = |(conn, blocks): (&mut Connection, &mut OrgBlocks),
-                      org: &str,
-                      ids: &[&str],
-                      at: &str| {
+        fn commit(w: &mut (Connection, OrgBlocks), org: &str, ids: &[&str], at: &str) {
             let mut m = message(ids);
             m.org = OrgId::parse(org).unwrap();
             let none = std::iter::empty();
-            write(conn, [&m].into_iter(), none, at, true, false, blocks).unwrap();
-        };
-        // Where the next seq goes: a row written straight in, as after that many notifications.
+            write(&mut w.0, [&m].into_iter(), none, at, true, false, &mut w.1).unwrap();
+        }
+        // Where the next seq goes: a row of C written straight in, as an older build would.
         let jump_to = |conn: &Connection, seq: i64, id: &str| {
             conn.execute(
                 "INSERT INTO notifications (seq, org_id, notification_id, action_id,
@@ -1760,46 +1756,23 @@ mod tests {
             )
             .unwrap();
         };
-        commit(
-            (&mut conn, &mut blocks),
-            A,
-            &["a1", "a2"],
-            "2026-11-24T10:00:00.000Z",
-        );
-        commit(
-            (&mut conn, &mut blocks),
-            B,
-            &["b1"],
-            "2026-11-24T10:00:00.000Z",
-        );
+        let mut w = open();
+        commit(&mut w, A, &["a1", "a2"], "2026-11-24T10:00:00.000Z");
+        commit(&mut w, B, &["b1"], "2026-11-24T10:00:00.000Z");
         // An older build, run on the file, stores a notification of C in block 3 without its
         // block; this build's writer opens the file again and catches it up.
-        jump_to(&conn, block(3), "c1");
-        drop(conn);
-        let (mut conn, mut blocks) = open();
-        commit(
-            (&mut conn, &mut blocks),
-            B,
-            &["b2", "b1"],
-            "2026-11-24T11:00:00.000Z",
-        );
+        jump_to(&w.0, block(3), "c1");
+        drop(w);
+        let mut w = open();
+        commit(&mut w, B, &["b2", "b1"], "2026-11-24T11:00:00.000Z");
         // Once more, in block 5.
-        jump_to(&conn, block(6) - 3, "c2");
-        drop(conn);
-        let (mut conn, mut blocks) = open();
+        jump_to(&w.0, block(6) - 3, "c2");
+        drop(w);
+        let mut w = open();
         // A message across blocks 5 and 6 has a row in each.
-        commit(
-            (&mut conn, &mut blocks),
-            A,
-            &["a3", "a4", "a5"],
-            "2026-11-24T12:00:00.000Z",
-        );
-        commit(
-            (&mut conn, &mut blocks),
-            A,
-            &["a6"],
-            "2026-11-24T12:00:00.000Z",
-        );
+        commit(&mut w, A, &["a3", "a4", "a5"], "2026-11-24T12:00:00.000Z");
+        commit(&mut w, A, &["a6"], "2026-11-24T12:00:00.000Z");
+        let (mut conn, _) = w;
         let row = |b: i64, org: &str| (b, org.to_owned());
         assert_eq!(
             blocks_of(&conn),
