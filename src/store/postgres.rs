@@ -228,9 +228,13 @@ async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(err)?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS obm_schema_version (version INTEGER NOT NULL)")
-        .await
-        .map_err(err)?;
+    // Without the NOTICE that the table already exists, logged at every start otherwise.
+    tx.batch_execute(
+        "SET LOCAL client_min_messages = warning;
+         CREATE TABLE IF NOT EXISTS obm_schema_version (version INTEGER NOT NULL)",
+    )
+    .await
+    .map_err(err)?;
     let version: i32 = tx
         .query_opt("SELECT version FROM obm_schema_version", &[])
         .await
