@@ -1008,6 +1008,17 @@ mod tests {
             .unwrap()
             .get(0);
         assert_eq!(version, MIGRATIONS.len() as i32);
+        // Migration 5 indexed the rows already there for `--org`.
+        let org_index: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema()
+                 AND indexname = 'obm_notifications_org_seq'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(org_index, 1);
         let queued: String = client
             .query_one(
                 "SELECT n.org_id FROM obm_forward f JOIN obm_notifications n ON n.seq = f.seq",
