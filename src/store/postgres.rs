@@ -79,10 +79,9 @@ const MIGRATIONS: &[&str] = &[
         ADD CONSTRAINT obm_notifications_notification_id_org_id_key
             UNIQUE (notification_id, org_id);
     "#,
-    // `messages list --org` reads the org's rows, not the table in seq order. PostgreSQL logs
-    // an index leaf whole only on its first change after a checkpoint, so a commit that touches
-    // one leaf per org writes little for each (the unique key's order made no difference here
-    // with 512 orgs, BENCHMARKS.md). Building it holds off other receivers' inserts meanwhile.
+    // `messages list --org` reads the org's rows, not the table in seq order. With 512 orgs it
+    // adds 11–13% to the bytes a message writes, and up to a fifth to the CPU of 100-notification
+    // messages (BENCHMARKS.md, "The org index"). Building it holds off other receivers' inserts.
     r#"
     CREATE INDEX obm_notifications_org_seq ON obm_notifications (org_id, seq);
     "#,
@@ -847,8 +846,9 @@ mod tests {
         assert!(bad.to_string().contains("sslmode"), "{bad}");
     }
 
-    /// A schema of its own on the test server (`.ci/run` starts PostgreSQL on 127.0.0.1:5432).
-    async fn schema(name: &str) -> Client {
+    /// A schema of its own on the test server (`.ci/run` starts PostgreSQL on 127.0.0.1:5432):
+    /// a connection in it, and the target that reaches it.
+    async fn schema(name: &str) -> (Client, Target) {
         let plain = |url: &str| Target::new(url, &[]).unwrap();
         let admin = connect(&plain("postgres://root@127.0.0.1:5432/test"))
             .await
@@ -859,11 +859,10 @@ mod tests {
             ))
             .await
             .unwrap();
-        connect(&plain(&format!(
+        let target = plain(&format!(
             "postgres://root@127.0.0.1:5432/test?options=-c%20search_path%3D{name}"
-        )))
-        .await
-        .unwrap()
+        ));
+        (connect(&target).await.unwrap(), target)
     }
 
     /// The unique key's columns, in order.
@@ -890,7 +889,7 @@ mod tests {
     #[tokio::test]
     async fn list_by_org_reads_the_orgs_rows_not_the_whole_table() {
         let name = format!("obm_o_{}", std::process::id());
-        let mut client = schema(&name).await;
+        let (mut client, target) = schema(&name).await;
         migrate(&mut client).await.unwrap();
         let (busy, quiet, none) = (
             "00Dxx0000001gPFEAY",
@@ -947,15 +946,10 @@ mod tests {
             let read = pages(org, limit).await;
             assert!(
                 read <= 20,
-                "{org} {limit:?}: {read} pages, the busy org's 19,997 {whole}"
+                "{org} {limit:?}: {read} pages read (the busy org's 19,997 rows: {whole})"
             );
         }
 
-        let target = Target::new(
-            &format!("postgres://root@127.0.0.1:5432/test?options=-c%20search_path%3D{name}"),
-            &[],
-        )
-        .unwrap();
         let listed = async |org: &str, limit: Option<usize>| -> Vec<String> {
             let filter = Filter {
                 org: Some(crate::ids::OrgId::parse(org).unwrap()),
@@ -979,7 +973,7 @@ mod tests {
     #[tokio::test]
     async fn a_schema_from_before_the_rekey_migrates_and_keeps_its_rows_and_queue() {
         let name = format!("obm_u_{}", std::process::id());
-        let mut client = schema(&name).await;
+        let (mut client, _) = schema(&name).await;
         // What a receiver before migration 4 left: three migrations, two orgs' rows, one queued.
         for sql in &MIGRATIONS[..3] {
             client.batch_execute(sql).await.unwrap();
