@@ -115,6 +115,18 @@ async fn compact_rewrites_an_old_store_at_16_kib_pages_and_keeps_every_row() {
     store.shutdown().await;
 }
 
+/// The rows of a query of two columns, read straight from the store's file.
+fn pairs<A: rusqlite::types::FromSql, B: rusqlite::types::FromSql>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+) -> Vec<(A, B)> {
+    let mut stmt = conn.prepare(sql).unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 /// `messages list --since` starts its walk at the first seq stored in the minute of the time:
 /// the writer gives every minute in which it stores notifications a row naming the lowest seq
 /// stored in it, and the list is what a scan of the whole table finds.
@@ -136,13 +148,7 @@ async fn every_minute_of_stored_notifications_names_its_first_seq_for_since() {
     }
 
     let conn = rusqlite::Connection::open(&config.path).unwrap();
-    let query = |sql: &str| -> Vec<(String, i64)> {
-        let mut stmt = conn.prepare(sql).unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    };
+    let query = |sql: &str| -> Vec<(String, i64)> { pairs(&conn, sql) };
     let minutes = query("SELECT minute, first_seq FROM received_minutes ORDER BY minute");
     let want = query(
         "SELECT substr(received_at, 1, 16), min(seq) FROM notifications GROUP BY 1 ORDER BY 1",
@@ -228,13 +234,7 @@ async fn every_block_an_org_stores_in_names_the_org_for_list_by_org() {
         assert_eq!(stored.await.unwrap().unwrap().stored, 10);
     }
 
-    let query = |sql: &str| -> Vec<(i64, String)> {
-        let mut stmt = conn.prepare(sql).unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    };
+    let query = |sql: &str| -> Vec<(i64, String)> { pairs(&conn, sql) };
     let blocks = query("SELECT block, org_id FROM org_blocks ORDER BY block, org_id");
     let want =
         query("SELECT DISTINCT seq >> 16, org_id FROM notifications ORDER BY seq >> 16, org_id");
